@@ -1,0 +1,10 @@
+"""Meta-Learning Lab: the entry point. ``streamlit run app.py``"""
+
+import streamlit as st
+
+st.set_page_config(page_title="Meta-Learning Lab", page_icon="🧪", layout="wide")
+
+pages = [
+    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+]
+st.navigation(pages).run()

@@ -1,0 +1,73 @@
+"""Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017).
+
+Each class is represented by the mean of its support embeddings (its prototype); a query is
+classified by a softmax over negative squared Euclidean distances to the prototypes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lab.algorithms.base import MetaLearner, Predictor, StepOutput, register
+from lab.episodes import Episode
+from lab.models import Conv4
+
+
+@dataclass(frozen=True)
+class ProtoHparams:
+    distance: str = "euclidean"  # squared Euclidean (the paper's choice) or cosine
+
+    def __post_init__(self):
+        if self.distance not in ("euclidean", "cosine"):
+            raise ValueError(f"distance: must be 'euclidean' or 'cosine', not {self.distance!r}")
+
+
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """Class means: embeddings ``(..., n, d)`` and labels ``(..., n)`` -> ``(..., n_way, d)``."""
+    one_hot = F.one_hot(labels, n_way).to(embeddings.dtype)  # (..., n, n_way)
+    sums = one_hot.transpose(-1, -2) @ embeddings
+    return sums / one_hot.sum(-2).unsqueeze(-1)
+
+
+def proto_logits(queries: torch.Tensor, protos: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
+    """Queries ``(..., q, d)`` against prototypes ``(..., n_way, d)`` -> logits ``(..., q, n_way)``."""
+    if distance == "cosine":
+        return 10.0 * F.normalize(queries, dim=-1) @ F.normalize(protos, dim=-1).transpose(-1, -2)
+    return -torch.cdist(queries, protos).pow(2)
+
+
+@register
+class ProtoNet(MetaLearner):
+    name = "protonet"
+    summary = "Prototypical Networks: classify by distance to class-mean embeddings (metric learning)."
+    Hparams = ProtoHparams
+
+    def __init__(self, hparams: ProtoHparams, n_way: int):
+        super().__init__(hparams, n_way)
+        self.encoder = Conv4()
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(..., n, 1, H, W)`` -> embeddings ``(..., n, d)``."""
+        lead = x.shape[:-3]
+        return self.encoder(x.reshape(-1, *x.shape[-3:])).reshape(*lead, -1)
+
+    def outer_loss(self, batch: Episode) -> StepOutput:
+        n_way = batch.n_way
+        protos = prototypes(self.embed(batch.support_x), batch.support_y, n_way)
+        logits = proto_logits(self.embed(batch.query_x), protos, self.hparams.distance)
+        loss = F.cross_entropy(logits.reshape(-1, n_way), batch.query_y.reshape(-1))
+        accuracy = (logits.argmax(-1) == batch.query_y).float().mean()
+        return StepOutput(loss, accuracy)
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Predictor:
+        with torch.no_grad():
+            protos = prototypes(self.embed(support_x), support_y, n_way)
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return proto_logits(self.embed(x), protos, self.hparams.distance)
+
+        return predict

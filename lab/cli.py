@@ -1,0 +1,249 @@
+"""``python -m lab``: the engine from the command line.
+
+Every sub-command is a function ``cmd_NAME(args) -> int`` with its arguments declared in
+``_parser``. Errors a user can act on (bad config, missing data, impossible episodes) are
+printed as one line on stderr with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from lab import runs
+from lab.data import DATASETS, DatasetUnavailable
+from lab.device import DEVICE_CHOICES
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=float))
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, disable=None)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def cmd_datasets(args) -> int:
+    from lab.data import dataset_status, load_dataset
+
+    out = {}
+    for name, status in dataset_status(args.data_dir).items():
+        entry = dict(status)
+        if status["available"]:
+            entry.update(load_dataset(name, args.data_dir).summary())
+        out[name] = entry
+    if args.json:
+        _print_json(out)
+    else:
+        for name, entry in out.items():
+            if not entry["available"]:
+                print(f"{name:9s} not found ({entry['where']})")
+                continue
+            splits = ", ".join(f"{s} {v['classes']} classes / {v['images']} images" for s, v in entry["splits"].items())
+            print(f"{name:9s} {entry['images']} images, {entry['labels']} labels; {entry['scheme']}: {splits}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train / resume
+
+
+def _config_from_args(args):
+    from lab.config import TrainConfig
+
+    hparams = json.loads(args.hparams) if args.hparams else {}
+    fields = {
+        "algorithm": args.algorithm, "dataset": args.dataset, "data_dir": args.data_dir,
+        "split_scheme": args.split_scheme, "n_way": args.n_way, "k_shot": args.k_shot, "n_query": args.n_query,
+        "train_way": args.train_way, "meta_batch": args.meta_batch, "meta_lr": args.meta_lr, "steps": args.steps,
+        "minutes": args.minutes, "seed": args.seed, "device": args.device, "val_every": args.val_every,
+        "val_episodes": args.val_episodes, "log_every": args.log_every, "hparams": hparams,
+    }
+    return TrainConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _drive(config, run_dir: Path, resume: bool) -> int:
+    from lab.training import train
+
+    bar = _progress(config.steps, config.algorithm)
+    if resume:
+        bar.update(runs.read_status(run_dir).get("step", 0))
+    for record in train(config, run_dir, resume=resume):
+        bar.update(record["step"] - bar.n)
+        shown = {"loss": f"{record['loss']:.3f}", "acc": f"{record['accuracy']:.3f}"}
+        if "val_accuracy" in record:
+            shown["val"] = f"{record['val_accuracy']:.3f}"
+        bar.set_postfix(shown)
+    bar.close()
+    status = runs.read_status(run_dir)
+    print(f"{status['state']} at step {status.get('step')}; best meta-validation accuracy "
+          f"{status.get('best_val_accuracy')}", file=sys.stderr)
+    print(run_dir)
+    return 0
+
+
+def cmd_train(args) -> int:
+    config = _config_from_args(args)
+    from lab.training import check_config
+
+    check_config(config)
+    run_dir = runs.create_run(args.runs_dir or runs.default_runs_dir(), config, args.name)
+    return _drive(config, run_dir, resume=False)
+
+
+def cmd_resume(args) -> int:
+    from lab.config import TrainConfig
+
+    run_dir = Path(args.run_dir)
+    config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {})
+    if not (run_dir / "last.pt").exists():
+        raise ValueError(f"{run_dir} has no last.pt checkpoint to resume from")
+    if runs.read_status(run_dir).get("state") == "running":
+        raise ValueError(f"{run_dir} is still running")
+    return _drive(config, run_dir, resume=True)
+
+
+def cmd_runs(args) -> int:
+    rows = runs.list_runs(args.runs_dir or runs.default_runs_dir())
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            val = f"{r['best_val_accuracy']:.3f}" if r["best_val_accuracy"] is not None else "-"
+            print(f"{r['name']:40s} {r['algorithm']:10s} {r['dataset']:9s} {r['status']:11s} step {r['step']:>6} val {val}")
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def cmd_eval(args) -> int:
+    from lab.data import load_dataset
+    from lab.device import pick_device
+    from lab.evaluation import meta_test
+
+    device = pick_device(args.device)
+    config, model = runs.load_model(args.run, device=device)
+    dataset_name = args.dataset or config.dataset
+    same = dataset_name == config.dataset
+    dataset = load_dataset(dataset_name, args.data_dir or (config.data_dir if same else None),
+                           config.split_scheme if same else None)
+    split = args.split or ("test" if same else "all")
+    result = meta_test(model, dataset.pool(split), args.n_way or config.n_way, args.k_shot or config.k_shot,
+                       args.n_query, args.episodes, args.seed, device)
+    result.pop("per_episode")
+    result.update(split=split, dataset=dataset_name, run=str(args.run))
+    if Path(args.run).is_dir():
+        runs.append_jsonl(Path(args.run) / "evaluations.jsonl", result)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{dataset_name}:{split} {result['n_way']}-way {result['k_shot']}-shot over {args.episodes} episodes: "
+              f"{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI)")
+    return 0
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args) -> int:
+    from lab import bench
+
+    result = bench.run(args.what, args)
+    if args.json:
+        _print_json(result)
+    else:
+        print(bench.format_result(args.what, result))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    from lab.algorithms import REGISTRY
+
+    p = argparse.ArgumentParser(prog="python -m lab", description="Meta-Learning Lab: few-shot meta-learning engine.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(q, json_flag=True):
+        q.add_argument("--data-dir", help="data root (default: $LAB_DATA_DIR or ~/.local/share/meta-lab/data)")
+        if json_flag:
+            q.add_argument("--json", action="store_true", help="print one JSON document")
+
+    q = sub.add_parser("datasets", help="which datasets are present, with classes and images per split")
+    common(q)
+    q.set_defaults(func=cmd_datasets)
+
+    q = sub.add_parser("train", help="meta-train an algorithm; prints the run folder last")
+    common(q, json_flag=False)
+    q.add_argument("--algorithm", default="protonet", choices=sorted(REGISTRY))
+    q.add_argument("--dataset", default="digits", choices=DATASETS)
+    q.add_argument("--split-scheme", help="the dataset's class split (omniglot: vinyals, background, small1, small2)")
+    q.add_argument("--n-way", type=int, default=5)
+    q.add_argument("--k-shot", type=int, default=1)
+    q.add_argument("--n-query", type=int, default=15)
+    q.add_argument("--train-way", type=int, help="classes per training task (default: --n-way)")
+    q.add_argument("--meta-batch", type=int)
+    q.add_argument("--meta-lr", type=float)
+    q.add_argument("--steps", type=int)
+    q.add_argument("--minutes", type=float, help="wall-clock budget; with --steps, whichever ends first")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    q.add_argument("--val-every", type=int)
+    q.add_argument("--val-episodes", type=int)
+    q.add_argument("--log-every", type=int)
+    q.add_argument("--hparams", help='the algorithm\'s hyper-parameters as JSON, e.g. \'{"inner_steps": 5}\'')
+    q.add_argument("--runs-dir", help="folder of runs (default: $LAB_RUNS_DIR or ./runs)")
+    q.add_argument("--name", help="run name (letters, digits, '.', '_', '-')")
+    q.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("resume", help="continue a stopped or interrupted run from its last checkpoint")
+    q.add_argument("run_dir")
+    q.set_defaults(func=cmd_resume)
+
+    q = sub.add_parser("runs", help="list the runs of a runs folder")
+    q.add_argument("--runs-dir")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_runs)
+
+    q = sub.add_parser("eval", help="meta-test a run: accuracy with its 95%% confidence interval")
+    common(q)
+    q.add_argument("run", help="a run folder or a checkpoint file")
+    q.add_argument("--dataset", choices=DATASETS, help="default: the run's own (another dataset uses all its classes)")
+    q.add_argument("--split", choices=("train", "val", "test", "all"))
+    q.add_argument("--n-way", type=int)
+    q.add_argument("--k-shot", type=int)
+    q.add_argument("--n-query", type=int, default=15)
+    q.add_argument("--episodes", type=int, default=1000)
+    q.add_argument("--seed", type=int, default=0, help="seeds the test episodes: same seed, same episodes")
+    q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    q.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("bench", help="benchmarks: speed and memory")
+    common(q)
+    q.add_argument("what", choices=("data",))
+    q.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, DatasetUnavailable, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os._exit(main())

@@ -1,0 +1,80 @@
+"""Run configuration: a frozen, validated dataclass stored as JSON beside every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+
+from lab.data import DATASETS
+from lab.device import DEVICE_CHOICES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a meta-training run. Unknown or invalid values raise ``ValueError``."""
+
+    algorithm: str = "protonet"  # a name from lab.algorithms.REGISTRY
+    dataset: str = "digits"  # digits needs no download, so it always works
+    data_dir: str | None = None  # data root (for 'folder': the image folder); None: LAB_DATA_DIR or the default
+    split_scheme: str | None = None  # the dataset's class split; None: its default (Omniglot: vinyals)
+    n_way: int = 5  # classes per task at validation and test time
+    k_shot: int = 1  # labelled examples per class in the support set
+    n_query: int = 15  # examples per class to classify in each task
+    train_way: int | None = None  # classes per training task (Prototypical Networks train with more); None: n_way
+    meta_batch: int = 4  # tasks per outer step
+    meta_lr: float = 1e-3  # Adam learning rate of the outer loop
+    steps: int = 1000  # outer steps; with minutes, whichever ends first
+    minutes: float | None = None  # wall-clock budget of training, validation included
+    seed: int = 0  # seeds the task stream and the initial weights
+    device: str = "auto"  # auto, cpu, cuda or mps
+    val_every: int = 100  # outer steps between meta-validations
+    val_episodes: int = 200  # episodes per meta-validation
+    log_every: int = 10  # outer steps between metric lines
+    hparams: dict = field(default_factory=dict)  # the algorithm's own hyper-parameters
+
+    def __post_init__(self):
+        from lab.algorithms import REGISTRY
+
+        if self.algorithm not in REGISTRY:
+            raise ValueError(f"algorithm: unknown {self.algorithm!r}; choose one of {', '.join(REGISTRY)}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset: unknown {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.device not in DEVICE_CHOICES:
+            raise ValueError(f"device: must be one of {', '.join(DEVICE_CHOICES)}, not {self.device!r}")
+        for name in ("n_way", "k_shot", "meta_batch", "steps", "val_every", "val_episodes", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be a positive whole number, not {getattr(self, name)!r}")
+        if self.n_way < 2:
+            raise ValueError(f"n_way: a task needs at least 2 classes, not {self.n_way}")
+        if self.n_query < 1:
+            raise ValueError(f"n_query: must be at least 1, not {self.n_query}")
+        if self.train_way is not None and self.train_way < 2:
+            raise ValueError(f"train_way: a task needs at least 2 classes, not {self.train_way}")
+        if not self.meta_lr > 0:
+            raise ValueError(f"meta_lr: must be positive, not {self.meta_lr}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ValueError(f"minutes: must be positive, not {self.minutes}")
+        # Filling in the algorithm's defaults validates its hyper-parameters too.
+        object.__setattr__(self, "hparams", asdict(REGISTRY[self.algorithm].make_hparams(self.hparams)))
+
+    @property
+    def way_for_training(self) -> int:
+        return self.train_way or self.n_way
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"config: unknown field(s) {', '.join(unknown)}")
+        return cls(**data)

@@ -1,0 +1,60 @@
+"""The standard Conv4 backbone of few-shot learning, callable functionally.
+
+Four blocks of 3x3 convolution with 64 filters, normalisation, ReLU and 2x2 max-pooling
+(Vinyals et al. 2016; Snell et al. 2017; Finn et al. 2017). A 28x28 image becomes a
+64-dimensional embedding.
+
+Normalisation is per example (GroupNorm), so an image's embedding never depends on the
+other images in its batch: predictions on one drawn digit equal predictions in a batch, and
+the network has no running statistics, so ``torch.func.functional_call`` and ``vmap`` over
+tasks need no special care.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_block(in_channels: int, out_channels: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.GroupNorm(groups, out_channels),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    """Images ``(n, 1, 28, 28)`` -> embeddings ``(n, hidden * (size // 16) ** 2)``."""
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, groups: int = 8):
+        super().__init__()
+        self.hidden = hidden
+        self.blocks = nn.Sequential(
+            conv_block(in_channels, hidden, groups),
+            conv_block(hidden, hidden, groups),
+            conv_block(hidden, hidden, groups),
+            conv_block(hidden, hidden, groups),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x).flatten(1)
+
+    def out_features(self, image_size: int = 28) -> int:
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        return self.hidden * side * side
+
+
+class Classifier(nn.Module):
+    """Conv4 followed by a linear head: images ``(n, 1, 28, 28)`` -> logits ``(n, n_way)``."""
+
+    def __init__(self, n_way: int, hidden: int = 64, image_size: int = 28):
+        super().__init__()
+        self.encoder = Conv4(hidden=hidden)
+        self.head = nn.Linear(self.encoder.out_features(image_size), n_way)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))

@@ -1,0 +1,241 @@
+"""The run store: every run is a self-describing folder.
+
+    RUN_DIR/
+      config.json        the TrainConfig, as JSON
+      status.json        state (queued/running/finished/stopped/failed/interrupted), step, progress, error
+      metrics.jsonl      one JSON object per logged step, appended
+      evaluations.jsonl  one JSON object per meta-test
+      best.pt, last.pt   checkpoints (weights, optimiser, step, RNG), each carrying its config
+
+Whole-file writes go to a temporary file first and are moved into place with ``os.replace``,
+so a reader never sees half a file. Checkpoints are loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+STOP_FILE = "STOP"
+
+
+def default_runs_dir() -> Path:
+    """``$LAB_RUNS_DIR``, else ``runs/`` in the current folder."""
+    return Path(os.environ.get("LAB_RUNS_DIR") or "runs")
+
+
+def check_name(name: str) -> str:
+    """A run name is letters, digits, '.', '_' and '-' (not leading), at most 80 characters."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+        raise ValueError(
+            f"run name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+            "(starting with a letter or digit, at most 80 characters)"
+        )
+    return name
+
+
+def run_path(runs_dir: str | os.PathLike, name: str) -> Path:
+    """The folder of run ``name`` inside ``runs_dir``; a name that would leave it is refused."""
+    base = Path(runs_dir).resolve()
+    path = (base / check_name(name)).resolve()
+    if path.parent != base:
+        raise ValueError(f"run name {name!r} would leave the runs folder {base}")
+    return path
+
+
+def create_run(runs_dir: str | os.PathLike, config, name: str | None = None) -> Path:
+    """Make a new run folder holding ``config``; a taken default name gets a numeric suffix."""
+    stem = name or f"{config.algorithm}-{config.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    path = run_path(runs_dir, stem)
+    if name and path.exists():
+        raise ValueError(f"a run named {name!r} already exists in {Path(runs_dir).resolve()}")
+    n = 2
+    while path.exists():
+        path = run_path(runs_dir, f"{stem}-{n}")
+        n += 1
+    path.mkdir()
+    write_json(path / "config.json", config.to_dict())
+    write_status(path, "queued", step=0)
+    return path
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line and flush it to disk, so a crash loses no earlier line."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """All complete JSON lines of ``path``; a half-written or corrupt line is dropped."""
+    records = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return records
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric lines past ``step`` (written after the checkpoint a resume starts from)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def write_status(run_dir: Path, state: str, **fields) -> dict:
+    """Record the run's state, with this process as its owner while it runs."""
+    if state not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+    status = {**read_json(Path(run_dir) / "status.json", {}), **fields, "state": state, "updated": time.time()}
+    if state == "running":
+        status.update(pid=os.getpid(), host=socket.gethostname())
+    write_json(Path(run_dir) / "status.json", status)
+    return status
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def read_status(run_dir: Path) -> dict:
+    """The run's status; a 'running' run whose process is gone reads as 'interrupted'."""
+    status = read_json(Path(run_dir) / "status.json", {"state": "failed", "error": "status.json is missing or unreadable"})
+    if status.get("state") == "running" and status.get("host") == socket.gethostname():
+        if not _alive(int(status.get("pid", -1))):
+            status["state"] = "interrupted"
+    return status
+
+
+def request_stop(run_dir: Path) -> None:
+    """Ask a running training to stop gracefully (it writes a checkpoint first)."""
+    (Path(run_dir) / STOP_FILE).touch()
+
+
+def stop_requested(run_dir: Path) -> bool:
+    return (Path(run_dir) / STOP_FILE).exists()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, model, optimizer, config, **state) -> None:
+    """Weights, optimiser state and training state, with the config inside, written atomically."""
+    payload = {
+        "config": config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        **state,
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """A checkpoint's contents, loaded with ``weights_only=True``; a damaged file raises ``ValueError``."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"no checkpoint at {path}") from None
+    except Exception as err:
+        raise ValueError(f"the checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
+
+
+def load_model(source: str | os.PathLike, which: str = "best", device="cpu"):
+    """(config, model) from a run folder's ``best.pt``/``last.pt``, or from a checkpoint file."""
+    from lab.algorithms import build
+    from lab.config import TrainConfig
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / f"{which}.pt"
+        if not path.exists():
+            path = path.with_name("last.pt")
+    checkpoint = load_checkpoint(path, map_location=device)
+    config = TrainConfig.from_dict(checkpoint["config"])
+    model = build(config)
+    model.load_state_dict(checkpoint["model"])
+    return config, model.to(device).eval()
+
+
+def list_runs(runs_dir: str | os.PathLike) -> list[dict]:
+    """A summary of every run folder in ``runs_dir``, newest first."""
+    base = Path(runs_dir)
+    if not base.is_dir():
+        return []
+    out = []
+    for path in base.iterdir():
+        config = read_json(path / "config.json") if path.is_dir() else None
+        if not config:
+            continue
+        status = read_status(path)
+        evals = read_jsonl(path / "evaluations.jsonl")
+        out.append(
+            {
+                "path": str(path.resolve()),
+                "name": path.name,
+                "algorithm": config.get("algorithm"),
+                "dataset": config.get("dataset"),
+                "n_way": config.get("n_way"),
+                "k_shot": config.get("k_shot"),
+                "status": status.get("state"),
+                "step": status.get("step", 0),
+                "best_val_accuracy": status.get("best_val_accuracy"),
+                "test_accuracy": evals[-1]["accuracy"] if evals else None,
+                "test_ci95": evals[-1]["ci95"] if evals else None,
+                "elapsed_s": status.get("elapsed_s"),
+                "device": status.get("device"),
+                "error": status.get("error"),
+                "created": (path / "config.json").stat().st_mtime,
+            }
+        )
+    return sorted(out, key=lambda r: r["created"], reverse=True)

@@ -1,0 +1,167 @@
+"""Meta-training as a generator of step records.
+
+:func:`train` yields one dict per logged step (loss, accuracy, tasks/s, progress, and the
+meta-validation accuracy when one was run). The CLI prints them, the run store writes them,
+the pages draw them; nothing here prints. The checkpoint with the best meta-validation
+accuracy is kept as ``best.pt``; ``last.pt`` is where a resume starts.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lab import runs
+from lab.algorithms import build
+from lab.config import TrainConfig
+from lab.data import load_dataset
+from lab.device import describe_device, pick_device
+from lab.episodes import check_request, sample_batch
+from lab.evaluation import meta_test
+
+
+class NonFiniteLoss(RuntimeError):
+    """The meta-training loss became NaN or infinite."""
+
+
+def _pools(config: TrainConfig):
+    dataset = load_dataset(config.dataset, config.data_dir, config.split_scheme)
+    train_pool, val_pool = dataset.pool("train"), dataset.pool("val")
+    check_request(train_pool, config.way_for_training, config.k_shot, config.n_query)
+    check_request(val_pool, config.n_way, config.k_shot, config.n_query)
+    return train_pool, val_pool
+
+
+def check_config(config: TrainConfig) -> None:
+    """Raise ``ValueError`` (or ``DatasetUnavailable``) if ``config`` cannot be trained, before any work."""
+    _pools(config)
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT into a graceful stop request while training runs in the main thread."""
+
+    def __init__(self):
+        self.raised = False
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, *_):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False) -> Iterator[dict]:
+    """Meta-train ``config``, writing the run folder ``run_dir`` when one is given.
+
+    With ``resume`` the model, optimiser, task stream and metrics continue from ``last.pt``.
+    The run ends when ``steps`` or ``minutes`` is reached, or when a stop is requested
+    (``runs.request_stop`` or SIGTERM), always with a checkpoint written.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else None
+    device = pick_device(config.device)
+    train_pool, val_pool = _pools(config)
+    model = build(config).to(device)
+    optimizer = model.configure_optimizer(config.meta_lr)
+    rng = np.random.default_rng(config.seed)
+    step, best_val, elapsed_before = 0, -1.0, 0.0
+
+    if resume:
+        state = runs.load_checkpoint(run_dir / "last.pt", map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        step, best_val, elapsed_before = state["step"], state["best_val"], state["elapsed_s"]
+        runs.truncate_metrics(run_dir, step)
+    if run_dir is not None:
+        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+        runs.write_status(run_dir, "running", step=step, device=describe_device(device)["name"], error=None)
+
+    def checkpoint(path_name: str) -> None:
+        if run_dir is not None:
+            runs.save_checkpoint(run_dir / path_name, model, optimizer, config, step=step, best_val=best_val,
+                                 elapsed_s=elapsed_before + time.perf_counter() - start, rng=rng.bit_generator.state)
+
+    start = time.perf_counter()
+    budget = config.minutes * 60 if config.minutes else math.inf
+    window_loss, window_acc, window_tasks, window_start = 0.0, 0.0, 0, time.perf_counter()
+    reason = "finished"
+    try:
+        with _StopSignal() as signals:
+            while True:
+                elapsed = elapsed_before + time.perf_counter() - start
+                if step >= config.steps or elapsed >= budget:
+                    break
+                if signals.raised or (run_dir is not None and runs.stop_requested(run_dir)):
+                    reason = "stopped"
+                    break
+                model.train()
+                batch = sample_batch(train_pool, config.way_for_training, config.k_shot, config.n_query,
+                                     config.meta_batch, rng, device)
+                out = model.outer_loss(batch)
+                if not torch.isfinite(out.loss):
+                    raise NonFiniteLoss(f"the loss became {out.loss.item()} at step {step + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+                step += 1
+                window_loss += out.loss.item()
+                window_acc += out.accuracy.item()
+                window_tasks += config.meta_batch
+                last = step >= config.steps or elapsed_before + time.perf_counter() - start >= budget
+                if step % config.log_every and step % config.val_every and not last:
+                    continue
+                n = window_tasks / config.meta_batch
+                record = {
+                    "step": step,
+                    "loss": window_loss / n,
+                    "accuracy": window_acc / n,
+                    "tasks_per_s": window_tasks / (time.perf_counter() - window_start),
+                    **{k: float(v) for k, v in out.extras.items()},
+                }
+                if step % config.val_every == 0 or last:
+                    val = meta_test(model, val_pool, config.n_way, config.k_shot, config.n_query,
+                                    config.val_episodes, seed=config.seed + 1, device=device)
+                    record.update(val_accuracy=val["accuracy"], val_ci95=val["ci95"])
+                    if val["accuracy"] > best_val:
+                        best_val = val["accuracy"]
+                        checkpoint("best.pt")
+                    checkpoint("last.pt")
+                elapsed = elapsed_before + time.perf_counter() - start
+                progress = min(1.0, max(step / config.steps, elapsed / budget))
+                record.update(elapsed_s=elapsed, progress=progress, best_val_accuracy=best_val if best_val >= 0 else None,
+                              eta_s=elapsed / max(progress, 1e-9) - elapsed if progress > 0 else None)
+                if run_dir is not None:
+                    runs.append_jsonl(run_dir / "metrics.jsonl", record)
+                    runs.write_status(run_dir, "running", step=step, progress=progress, eta_s=record["eta_s"],
+                                      best_val_accuracy=record["best_val_accuracy"], elapsed_s=elapsed)
+                yield record
+                window_loss, window_acc, window_tasks, window_start = 0.0, 0.0, 0, time.perf_counter()
+        if best_val < 0 or reason == "stopped":  # a stop before any validation still leaves a best.pt
+            if best_val < 0:
+                checkpoint("best.pt")
+            checkpoint("last.pt")
+    except Exception as err:
+        if run_dir is not None:
+            runs.write_status(run_dir, "failed", step=step, error=f"{type(err).__name__}: {err}")
+        raise
+    if run_dir is not None:
+        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+        runs.write_status(run_dir, reason, step=step, progress=min(1.0, step / config.steps) if reason == "stopped" else 1.0,
+                          eta_s=None, elapsed_s=elapsed_before + time.perf_counter() - start,
+                          best_val_accuracy=best_val if best_val >= 0 else None)
