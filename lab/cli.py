@@ -150,6 +150,31 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from lab.data import load_dataset
+    from lab.device import pick_device
+    from lab.evaluation import compare_models
+
+    device = pick_device(args.device)
+    config_a, model_a = runs.load_model(args.run_a, device=device)
+    _, model_b = runs.load_model(args.run_b, device=device)
+    dataset_name = args.dataset or config_a.dataset
+    same = dataset_name == config_a.dataset
+    dataset = load_dataset(dataset_name, args.data_dir or (config_a.data_dir if same else None),
+                           config_a.split_scheme if same else None)
+    split = args.split or ("test" if same else "all")
+    result = compare_models(model_a, model_b, dataset.pool(split), args.n_way or config_a.n_way,
+                            args.k_shot or config_a.k_shot, args.n_query, args.episodes, args.seed, device)
+    result.update(run_a=str(args.run_a), run_b=str(args.run_b), dataset=dataset_name, split=split)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"A {100 * result['accuracy_a']:.2f}% vs B {100 * result['accuracy_b']:.2f}% on the same "
+              f"{result['episodes']} episodes: A - B = {100 * result['difference']:+.2f}% "
+              f"± {100 * result['difference_ci95']:.2f}% (paired 95% CI)")
+    return 0
+
+
 # --------------------------------------------------------------------------- bench
 
 
@@ -226,6 +251,20 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="seeds the test episodes: same seed, same episodes")
     q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     q.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("compare", help="two runs on the same test episodes: paired difference with its 95%% CI")
+    common(q)
+    q.add_argument("run_a")
+    q.add_argument("run_b")
+    q.add_argument("--dataset", choices=DATASETS)
+    q.add_argument("--split", choices=("train", "val", "test", "all"))
+    q.add_argument("--n-way", type=int)
+    q.add_argument("--k-shot", type=int)
+    q.add_argument("--n-query", type=int, default=15)
+    q.add_argument("--episodes", type=int, default=1000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    q.set_defaults(func=cmd_compare)
 
     q = sub.add_parser("bench", help="benchmarks: speed and memory")
     common(q)

@@ -52,3 +52,26 @@ def meta_test(model, pool, n_way: int, k_shot: int, n_query: int = 15, episodes:
         "seed": seed,
         "per_episode": accs,
     }
+
+
+def paired_comparison(accs_a: np.ndarray, accs_b: np.ndarray) -> dict:
+    """Mean accuracies of two models on the same episodes, and the mean of their per-episode
+    difference (a - b) with its 95% interval: pairing removes the variance the tasks share."""
+    if len(accs_a) != len(accs_b):
+        raise ValueError(f"paired comparison needs the same episodes: {len(accs_a)} vs {len(accs_b)}")
+    diff, diff_ci = mean_ci95(np.asarray(accs_a) - np.asarray(accs_b))
+    a, a_ci = mean_ci95(accs_a)
+    b, b_ci = mean_ci95(accs_b)
+    return {"accuracy_a": a, "ci95_a": a_ci, "accuracy_b": b, "ci95_b": b_ci, "difference": diff,
+            "difference_ci95": 0.0 if np.all(np.asarray(accs_a) == np.asarray(accs_b)) else diff_ci,
+            "episodes": len(accs_a)}
+
+
+def compare_models(model_a, model_b, pool, n_way: int, k_shot: int, n_query: int = 15, episodes: int = 1000,
+                   seed: int = 0, device: torch.device | str = "cpu") -> dict:
+    """Both models on the same ``episodes`` episodes from ``pool``, compared pairwise."""
+    check_request(pool, n_way, k_shot, n_query)
+    stream = episode_stream(pool, n_way, k_shot, n_query, episodes, seed)
+    out = paired_comparison(episode_accuracies(model_a, stream, device), episode_accuracies(model_b, stream, device))
+    out.update(n_way=n_way, k_shot=k_shot, n_query=n_query, seed=seed)
+    return out

@@ -55,3 +55,12 @@ def test_bad_requests_exit_with_one_clear_line_and_no_traceback(tmp_path, args, 
     proc = lab(*args, "--runs-dir", str(tmp_path), check=False) if args[0] == "train" else lab(*args, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_compare_of_a_run_against_itself_gives_a_zero_difference(tmp_path):
+    proc = lab("train", "--dataset", "digits", "--n-query", "5", "--steps", "10", "--val-every", "10",
+               "--val-episodes", "10", "--runs-dir", str(tmp_path), "--name", "same")
+    run_dir = proc.stdout.strip().splitlines()[-1]
+    out = json.loads(lab("compare", run_dir, run_dir, "--episodes", "40", "--json").stdout)
+    assert out["difference"] == 0 and out["difference_ci95"] == 0
+    assert out["accuracy_a"] == out["accuracy_b"] and out["episodes"] == 40
