@@ -69,18 +69,22 @@ def _config_from_args(args):
     return TrainConfig(**{k: v for k, v in fields.items() if v is not None})
 
 
-def _drive(config, run_dir: Path, resume: bool) -> int:
+def _drive(config, run_dir: Path, resume: bool, world) -> int:
     from lab.training import train
 
-    bar = _progress(config.steps, config.algorithm)
-    if resume:
+    bar = _progress(config.steps, config.algorithm) if world.is_main else None
+    if bar is not None and resume:
         bar.update(runs.read_status(run_dir).get("step", 0))
     for record in train(config, run_dir, resume=resume):
+        if bar is None:
+            continue
         bar.update(record["step"] - bar.n)
         shown = {"loss": f"{record['loss']:.3f}", "acc": f"{record['accuracy']:.3f}"}
         if "val_accuracy" in record:
             shown["val"] = f"{record['val_accuracy']:.3f}"
         bar.set_postfix(shown)
+    if bar is None:
+        return 0
     bar.close()
     status = runs.read_status(run_dir)
     print(f"{status['state']} at step {status.get('step')}; best meta-validation accuracy "
@@ -89,25 +93,47 @@ def _drive(config, run_dir: Path, resume: bool) -> int:
     return 0
 
 
+def _on_main(world, make):
+    """``make()`` on rank 0, its value (or its ValueError) shared with every process."""
+    from lab.distributed import broadcast_object
+
+    try:
+        outcome = ("ok", make()) if world.is_main else None
+    except (ValueError, DatasetUnavailable) as err:
+        outcome = ("error", str(err))
+    kind, value = broadcast_object(outcome, world)
+    if kind == "error":
+        raise ValueError(value)
+    return value
+
+
 def cmd_train(args) -> int:
-    config = _config_from_args(args)
+    from lab.distributed import init_from_env
     from lab.training import check_config
 
+    config = _config_from_args(args)
+    world = init_from_env(config.device)
     check_config(config)
-    run_dir = runs.create_run(args.runs_dir or runs.default_runs_dir(), config, args.name)
-    return _drive(config, run_dir, resume=False)
+    run_dir = _on_main(world, lambda: str(runs.create_run(args.runs_dir or runs.default_runs_dir(), config, args.name)))
+    return _drive(config, Path(run_dir), resume=False, world=world)
 
 
 def cmd_resume(args) -> int:
     from lab.config import TrainConfig
+    from lab.distributed import init_from_env
 
     run_dir = Path(args.run_dir)
     config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {})
-    if not (run_dir / "last.pt").exists():
-        raise ValueError(f"{run_dir} has no last.pt checkpoint to resume from")
-    if runs.read_status(run_dir).get("state") == "running":
-        raise ValueError(f"{run_dir} is still running")
-    return _drive(config, run_dir, resume=True)
+    world = init_from_env(config.device)
+
+    def check() -> None:
+        if not (run_dir / "last.pt").exists():
+            raise ValueError(f"{run_dir} has no last.pt checkpoint to resume from")
+        if runs.read_status(run_dir).get("state") == "running":
+            raise ValueError(f"{run_dir} is still running")
+
+    _on_main(world, check)
+    return _drive(config, run_dir, resume=True, world=world)
 
 
 def cmd_runs(args) -> int:
@@ -268,12 +294,15 @@ def _parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("bench", help="benchmarks: speed and memory")
     common(q)
-    q.add_argument("what", choices=("data",))
+    q.add_argument("what", choices=("data", "distributed"))
+    q.add_argument("--steps", type=int, help="outer steps per measured training (distributed)")
     q.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lab.distributed import shutdown
+
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
@@ -282,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

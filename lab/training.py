@@ -22,6 +22,7 @@ from lab.algorithms import build
 from lab.config import TrainConfig
 from lab.data import load_dataset
 from lab.device import describe_device, pick_device
+from lab.distributed import average_gradients, current_world, from_main, mean_across, shard
 from lab.episodes import check_request, sample_batch
 from lab.evaluation import meta_test
 
@@ -71,10 +72,18 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
 
     With ``resume`` the model, optimiser, task stream and metrics continue from ``last.pt``.
     The run ends when ``steps`` or ``minutes`` is reached, or when a stop is requested
-    (``runs.request_stop`` or SIGTERM), always with a checkpoint written.
+    (``runs.request_stop`` or SIGTERM), always with a checkpoint written. Under ``torchrun``
+    the tasks of each outer step are shared out across the processes (see ``lab.distributed``);
+    every process yields the records, only rank 0 validates and writes.
     """
+    world = current_world()
     run_dir = Path(run_dir) if run_dir is not None else None
+    writer = run_dir if world.is_main else None  # only rank 0 writes the run folder
     device = pick_device(config.device)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
+    if config.meta_batch % world.size:
+        raise ValueError(f"meta_batch {config.meta_batch} must be divisible by the number of processes {world.size}")
     train_pool, val_pool = _pools(config)
     model = build(config).to(device)
     optimizer = model.configure_optimizer(config.meta_lr)
@@ -87,13 +96,15 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]
         step, best_val, elapsed_before = state["step"], state["best_val"], state["elapsed_s"]
-        runs.truncate_metrics(run_dir, step)
-    if run_dir is not None:
+        if writer:
+            runs.truncate_metrics(run_dir, step)
+    if writer:
         (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
-        runs.write_status(run_dir, "running", step=step, device=describe_device(device)["name"], error=None)
+        runs.write_status(run_dir, "running", step=step, device=describe_device(device)["name"], error=None,
+                          world_size=world.size)
 
     def checkpoint(path_name: str) -> None:
-        if run_dir is not None:
+        if writer:
             runs.save_checkpoint(run_dir / path_name, model, optimizer, config, step=step, best_val=best_val,
                                  elapsed_s=elapsed_before + time.perf_counter() - start, rng=rng.bit_generator.state)
 
@@ -105,36 +116,38 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
         with _StopSignal() as signals:
             while True:
                 elapsed = elapsed_before + time.perf_counter() - start
-                if step >= config.steps or elapsed >= budget:
-                    break
-                if signals.raised or (run_dir is not None and runs.stop_requested(run_dir)):
-                    reason = "stopped"
+                stop = signals.raised or (writer is not None and runs.stop_requested(run_dir))
+                if from_main(step >= config.steps or elapsed >= budget or stop, world, device):
+                    reason = "stopped" if from_main(stop, world, device) else "finished"
                     break
                 model.train()
                 batch = sample_batch(train_pool, config.way_for_training, config.k_shot, config.n_query,
                                      config.meta_batch, rng, device)
-                out = model.outer_loss(batch)
+                out = model.outer_loss(shard(batch, world))
                 if not torch.isfinite(out.loss):
                     raise NonFiniteLoss(f"the loss became {out.loss.item()} at step {step + 1}")
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
+                average_gradients(model.parameters(), world)
                 optimizer.step()
                 step += 1
                 window_loss += out.loss.item()
                 window_acc += out.accuracy.item()
                 window_tasks += config.meta_batch
-                last = step >= config.steps or elapsed_before + time.perf_counter() - start >= budget
+                last = from_main(step >= config.steps or elapsed_before + time.perf_counter() - start >= budget,
+                                 world, device)
                 if step % config.log_every and step % config.val_every and not last:
                     continue
                 n = window_tasks / config.meta_batch
+                loss, accuracy = mean_across([window_loss / n, window_acc / n], world, device)
                 record = {
                     "step": step,
-                    "loss": window_loss / n,
-                    "accuracy": window_acc / n,
+                    "loss": loss,
+                    "accuracy": accuracy,
                     "tasks_per_s": window_tasks / (time.perf_counter() - window_start),
                     **{k: float(v) for k, v in out.extras.items()},
                 }
-                if step % config.val_every == 0 or last:
+                if (step % config.val_every == 0 or last) and world.is_main:
                     val = meta_test(model, val_pool, config.n_way, config.k_shot, config.n_query,
                                     config.val_episodes, seed=config.seed + 1, device=device)
                     record.update(val_accuracy=val["accuracy"], val_ci95=val["ci95"])
@@ -146,7 +159,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
                 progress = min(1.0, max(step / config.steps, elapsed / budget))
                 record.update(elapsed_s=elapsed, progress=progress, best_val_accuracy=best_val if best_val >= 0 else None,
                               eta_s=elapsed / max(progress, 1e-9) - elapsed if progress > 0 else None)
-                if run_dir is not None:
+                if writer:
                     runs.append_jsonl(run_dir / "metrics.jsonl", record)
                     runs.write_status(run_dir, "running", step=step, progress=progress, eta_s=record["eta_s"],
                                       best_val_accuracy=record["best_val_accuracy"], elapsed_s=elapsed)
@@ -157,10 +170,10 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
                 checkpoint("best.pt")
             checkpoint("last.pt")
     except Exception as err:
-        if run_dir is not None:
+        if writer:
             runs.write_status(run_dir, "failed", step=step, error=f"{type(err).__name__}: {err}")
         raise
-    if run_dir is not None:
+    if writer:
         (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
         runs.write_status(run_dir, reason, step=step, progress=min(1.0, step / config.steps) if reason == "stopped" else 1.0,
                           eta_s=None, elapsed_s=elapsed_before + time.perf_counter() - start,
