@@ -1,0 +1,304 @@
+"""The one inner loop of every gradient-based meta-learner, and the base they share.
+
+Everything here is functional: a network is a dict of named tensors (``Params``) and a
+function of it, so the same code adapts one task in a Python loop (``torch.autograd.grad``)
+or many tasks at once under ``torch.func.vmap`` (``torch.func.grad``), and the meta-gradient
+flows through the adapted weights back to the initial ones (second order) or not (first order).
+
+The network is Conv4 and a *class-symmetric* head: one row ``(w, b)`` that every task copies
+to each of its ``n_way`` classes before adapting (Ye & Chao 2022, "How to train your MAML to
+excel in few-shot classification", the "Unicorn-MAML" head). So a model trained on 5-way
+tasks adapts to any number of classes, and the class labels' order does not matter. It also
+makes the first inner step cheaper, exactly: with every class scored alike the support loss is
+``log n_way`` whatever the encoder computes, so the encoder's gradient at step 0 is zero and
+only the head is differentiated there.
+
+:class:`GradientLearner` is the base of MAML, first-order MAML, ANIL, Meta-SGD, the learned
+optimizer and Reptile: each only chooses which parameters adapt and by which update rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lab.algorithms.base import MetaLearner, Predictor, StepOutput
+from lab.episodes import Episode
+from lab.models import Conv4
+
+Params = dict[str, torch.Tensor]
+LossFn = Callable[[Params], torch.Tensor]
+Update = Callable[[int, Params, Params, dict], tuple[Params, dict]]
+"""An update rule ``(step, params, grads, state) -> (new params, new state)``.
+
+``grads`` holds only the parameters that move at this step; a name missing from it, like
+a zero gradient, must leave its parameter unchanged.
+"""
+
+HEAD = ("head.weight", "head.bias")
+VECTORIZE = ("auto", "vmap", "loop")
+PRECISION = ("auto", "fp32", "bf16")
+
+
+# --------------------------------------------------------------------------- the network, functionally
+
+
+def conv4_features(params: Params, x: torch.Tensor, groups: int = 8, channels_last: bool = False) -> torch.Tensor:
+    """``lab.models.Conv4`` as a function of its weights (``encoder.blocks.*``): ``(n, 1, H, W) -> (n, d)``.
+
+    Pooling comes before the ReLU: max and ReLU commute, so the values and gradients are the
+    module's, on four times fewer elements. ``channels_last`` keeps activations NHWC, where the
+    CPU's group-norm and pooling kernels are several times faster on large batches (used for
+    the query set on the CPU; not under vmap).
+    """
+    for i in range(4):
+        weight, bias = params[f"encoder.blocks.{i}.0.weight"], params[f"encoder.blocks.{i}.0.bias"]
+        if channels_last and i == 0 and x.shape[1] == 1:
+            x = _conv_one_channel_nhwc(x, weight, bias)
+        else:
+            x = F.conv2d(x, weight, bias, padding=1)
+        x = F.group_norm(x, groups, params[f"encoder.blocks.{i}.1.weight"], params[f"encoder.blocks.{i}.1.bias"])
+        x = F.relu(F.max_pool2d(x, 2))
+    return x.flatten(1)
+
+
+def _conv_one_channel_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 3x3 same-padded convolution of one-channel images as one matrix product, laid out NHWC.
+
+    ``(n, 1, H, W)`` -> ``(n, C, H, W)`` in channels-last memory, without a layout copy.
+    """
+    n, _, h, w = x.shape
+    patches = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(n * h * w, 9)
+    out = torch.addmm(bias, patches, weight.reshape(weight.shape[0], 9).t())
+    return out.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def nhwc_pays(x: torch.Tensor, functional: bool = False) -> bool:
+    """Whether channels-last activations are faster for this batch of images: on the CPU, for
+    32 images or more (measured on Conv4; small batches are as fast or faster in NCHW)."""
+    return not functional and x.device.type == "cpu" and x.shape[0] >= 32
+
+
+def linear_head(params: Params, features: torch.Tensor) -> torch.Tensor:
+    """Features ``(n, d)`` -> logits ``(n, n_way)`` with the task's head ``(n_way, d)``, ``(n_way,)``."""
+    return F.linear(features, params["head.weight"], params["head.bias"])
+
+
+# --------------------------------------------------------------------------- update rules
+
+
+def sgd(lr: float) -> Update:
+    """Plain gradient descent at rate ``lr``."""
+
+    def update(step: int, params: Params, grads: Params, state: dict) -> tuple[Params, dict]:
+        return {k: p - lr * grads[k] if k in grads else p for k, p in params.items()}, state
+
+    return update
+
+
+# --------------------------------------------------------------------------- the inner loop
+
+
+def gradients(loss_fn: LossFn, params: Params, names: Sequence[str], create_graph: bool, functional: bool,
+              alias: Sequence[str] = ()) -> Params:
+    """Gradients of ``loss_fn(params)`` with respect to ``params[names]``.
+
+    ``functional`` uses ``torch.func.grad`` (required under vmap); otherwise ``torch.autograd.grad``,
+    which needs ``params[names]`` to require grad. Without ``create_graph`` the gradients are
+    constants to any outer differentiation (first order).
+
+    ``alias`` names parameters that an earlier step left unchanged while computing others from
+    them: they reach the loss along that path too, which belongs to the meta-gradient, not to
+    this step's partial derivative, so they are differentiated through a fresh alias.
+    """
+    if functional:
+        grads = torch.func.grad(lambda sub: loss_fn({**params, **sub}))({k: params[k] for k in names})
+        return grads if create_graph else {k: g.detach() for k, g in grads.items()}
+    params = {**params, **{k: params[k].view_as(params[k]) for k in alias}}
+    loss = loss_fn(params)
+    return dict(zip(names, torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)))
+
+
+def inner_loop(loss_fn: LossFn, params: Params, steps: int, update: Update, adapted: Sequence[str] | None = None,
+               second_order: bool = True, functional: bool = False, symmetric_head: bool = True) -> Params:
+    """``steps`` steps of ``update`` on the support loss ``loss_fn``, from ``params``; the adapted params.
+
+    Only the names in ``adapted`` (default: all) change. ``second_order`` keeps the graph of each
+    gradient, so the result can be differentiated through the steps. ``symmetric_head`` says
+    that the head's rows are all equal at the start, so step 0 differentiates the head alone (the
+    other gradients are exactly zero then, see the module's docstring).
+    """
+    adapted = list(params) if adapted is None else list(adapted)
+    state: dict = {}
+    moved = set(params)  # names that are fresh tensors: the start, or the result of the last step
+    for step in range(steps):
+        names = [k for k in adapted if k in HEAD] if step == 0 and symmetric_head else adapted
+        if not names:
+            continue
+        grads = gradients(loss_fn, params, names, second_order, functional, alias=[k for k in names if k not in moved])
+        params, state = update(step, params, grads, state)
+        moved = set(grads)
+    return params
+
+
+def surrogate_loss(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], value: torch.Tensor) -> torch.Tensor:
+    """A scalar equal to ``value`` whose gradient with respect to ``params`` is ``grads``.
+
+    Lets an algorithm compute its meta-gradient its own way (task by task, or Reptile's
+    ``theta - theta_adapted``) and still hand the trainer one loss to ``backward()``.
+    A non-finite gradient makes the value non-finite too, so the trainer notices it.
+    """
+    dot = sum((p * g.detach()).sum() for p, g in zip(params, grads) if g is not None)
+    return value.detach() + (dot - dot.detach() if torch.is_tensor(dot) else 0.0)
+
+
+# --------------------------------------------------------------------------- the shared learner
+
+
+@dataclass(frozen=True)
+class InnerHparams:
+    """Hyper-parameters every gradient-based learner shares."""
+
+    inner_steps: int = 5  # gradient steps on the support set per task during meta-training
+    inner_lr: float = 0.4  # step size of the inner loop (Finn et al. 2017 use 0.4 on Omniglot)
+    test_inner_steps: int = 10  # steps when adapting to a new task (meta-validation, meta-test, the drawing pad)
+    first_order: bool = False  # ignore second derivatives in the meta-gradient (cheaper)
+    vectorize: str = "auto"  # tasks at once under vmap, or one by one; auto: vmap on CUDA, the loop elsewhere
+    precision: str = "auto"  # bf16 autocast or fp32; auto: bf16 on CUDA, fp32 elsewhere
+    hidden: int = 64  # Conv4 filters per layer
+
+    def __post_init__(self):
+        for name in ("inner_steps", "test_inner_steps", "hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: must be a positive whole number, not {value!r}")
+        if not isinstance(self.inner_lr, (int, float)) or not self.inner_lr > 0:
+            raise ValueError(f"inner_lr: must be a positive number, not {self.inner_lr!r}")
+        if not isinstance(self.first_order, bool):
+            raise ValueError(f"first_order: must be true or false, not {self.first_order!r}")
+        if self.vectorize not in VECTORIZE:
+            raise ValueError(f"vectorize: must be one of {', '.join(VECTORIZE)}, not {self.vectorize!r}")
+        if self.precision not in PRECISION:
+            raise ValueError(f"precision: must be one of {', '.join(PRECISION)}, not {self.precision!r}")
+
+
+class GradientLearner(MetaLearner):
+    """Conv4 with a class-symmetric head, adapted per task by :func:`inner_loop`.
+
+    Subclasses override :meth:`adapted_names` (which parameters the inner loop moves),
+    :meth:`update_rule` (how), and :meth:`meta_loss` for a different outer objective.
+    """
+
+    Hparams = InnerHparams
+
+    def __init__(self, hparams: InnerHparams, n_way: int):
+        super().__init__(hparams, n_way)
+        self.encoder = Conv4(hidden=hparams.hidden)
+        self.groups = self.encoder.blocks[0][1].num_groups
+        # One row for every class (zero: every class starts equal, the head learns its start).
+        self.head_weight = nn.Parameter(torch.zeros(1, self.encoder.out_features()))
+        self.head_bias = nn.Parameter(torch.zeros(1))
+
+    # ----------------------------------------------------------------- pieces
+
+    def task_params(self, n_way: int, detach: bool = False) -> Params:
+        """The parameters a task starts from: the encoder's, and the head row copied ``n_way`` times."""
+        params = {f"encoder.{k}": v for k, v in self.encoder.named_parameters()}
+        params["head.weight"] = self.head_weight.expand(n_way, -1)
+        params["head.bias"] = self.head_bias.expand(n_way)
+        if detach:
+            params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+        return params
+
+    def features(self, params: Params, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        return conv4_features(params, x, self.groups, channels_last)
+
+    def logits(self, params: Params, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """Images ``(n, 1, H, W)`` -> logits ``(n, n_way)`` under the task's ``params``."""
+        return linear_head(params, self.features(params, x, channels_last))
+
+    def adapted_names(self, params: Params) -> list[str]:
+        return list(params)
+
+    def update_rule(self, steps: int) -> Update:
+        return sgd(self.hparams.inner_lr)
+
+    def _vectorized(self, device: torch.device) -> bool:
+        choice = self.hparams.vectorize
+        return choice == "vmap" or (choice == "auto" and device.type == "cuda")
+
+    def _autocast(self, device: torch.device):
+        use = self.hparams.precision == "bf16" or (self.hparams.precision == "auto" and device.type == "cuda")
+        return torch.autocast(device.type, dtype=torch.bfloat16) if use else nullcontext()
+
+    def adapt_params(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, steps: int,
+                     second_order: bool, functional: bool = False, update: Update | None = None) -> Params:
+        """The task's parameters after ``steps`` inner steps on its support set (by ``update``,
+        default the algorithm's own rule)."""
+        channels_last = nhwc_pays(support_x, functional)
+
+        def support_loss(p: Params) -> torch.Tensor:
+            return F.cross_entropy(self.logits(p, support_x, channels_last), support_y)
+
+        return inner_loop(support_loss, params, steps, update or self.update_rule(steps), self.adapted_names(params),
+                          second_order, functional)
+
+    # ----------------------------------------------------------------- meta-training
+
+    def task_loss(self, support_x, support_y, query_x, query_y, n_way: int,
+                  functional: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task's query loss after adaptation (differentiable to the meta-parameters), and its correct count."""
+        adapted = self.adapt_params(self.task_params(n_way), support_x, support_y, self.hparams.inner_steps,
+                                    second_order=not self.hparams.first_order, functional=functional)
+        logits = self.logits(adapted, query_x, nhwc_pays(query_x, functional))
+        return F.cross_entropy(logits.float(), query_y), (logits.argmax(-1) == query_y).sum()
+
+    def outer_loss(self, batch: Episode) -> StepOutput:
+        device, n_way = batch.support_x.device, batch.n_way
+        with self._autocast(device):
+            if self._vectorized(device):
+                return self._outer_vmap(batch, n_way)
+            return self._outer_loop(batch, n_way)
+
+    def _outer_vmap(self, batch: Episode, n_way: int) -> StepOutput:
+        def one(sx, sy, qx, qy):
+            return self.task_loss(sx, sy, qx, qy, n_way, functional=True)
+
+        losses, correct = torch.func.vmap(one, randomness="error")(*batch[:4])
+        return StepOutput(losses.mean(), correct.sum() / batch.query_y.numel())
+
+    def _outer_loop(self, batch: Episode, n_way: int) -> StepOutput:
+        """Task by task, each task's meta-gradient taken at once so only one task's graph is alive."""
+        meta = [p for p in self.parameters() if p.requires_grad]
+        total = [None] * len(meta)
+        loss_sum, correct = 0.0, 0
+        tasks = batch.support_x.shape[0]
+        for i in range(tasks):
+            loss, right = self.task_loss(*(t[i] for t in batch[:4]), n_way)
+            if torch.is_grad_enabled():
+                grads = torch.autograd.grad(loss / tasks, meta, allow_unused=True)
+                total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, grads)]
+            loss_sum, correct = loss_sum + loss.detach(), correct + right
+        loss = surrogate_loss(meta, total, loss_sum / tasks) if torch.is_grad_enabled() else loss_sum / tasks
+        return StepOutput(loss, correct / batch.query_y.numel())
+
+    # ----------------------------------------------------------------- adaptation to a new task
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Predictor:
+        """Run the inner loop (``test_inner_steps`` steps, first order) on the support set, even under no_grad."""
+        with torch.enable_grad():
+            params = self.adapt_params(self.task_params(n_way, detach=True), support_x, support_y,
+                                       self.hparams.test_inner_steps, second_order=False)
+        params = {k: v.detach() for k, v in params.items()}
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.logits(params, x, nhwc_pays(x))
+
+        return predict
+

@@ -1,0 +1,81 @@
+"""Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning Algorithms").
+
+Adapt to each task with plain SGD on its support set, then move the initialisation toward
+the adapted weights: ``theta <- theta + epsilon * mean_tasks(theta_adapted - theta)``.
+
+How it fits the one training loop: :meth:`Reptile.outer_loss` returns a surrogate loss whose
+gradient with respect to the weights is ``mean_tasks(theta - theta_adapted)`` (its value is
+the query loss after adaptation, for the charts). With ``outer_optimizer="sgd"`` the meta
+step is exactly the paper's interpolation with ``epsilon = meta_lr`` (use a meta rate near
+1, e.g. ``--meta-lr 1.0``); the default ``"adam"`` feeds the same direction to Adam, as
+learn2learn's and several public Reptile trainings do, which works with the lab's usual meta
+rates. The query set is used only to report accuracy, never to adapt or to update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lab.algorithms.base import StepOutput, register
+from lab.algorithms.inner import GradientLearner, InnerHparams, nhwc_pays, surrogate_loss
+from lab.episodes import Episode
+
+
+@dataclass(frozen=True)
+class ReptileHparams(InnerHparams):
+    first_order: bool = True  # Reptile never differentiates through the inner loop
+    outer_optimizer: str = "adam"  # "sgd": theta += meta_lr * (theta_adapted - theta); "adam": Adam on that direction
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.first_order is not True:
+            raise ValueError("first_order: Reptile is first-order by construction; leave it true")
+        if self.outer_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"outer_optimizer: must be 'adam' or 'sgd', not {self.outer_optimizer!r}")
+
+
+@register
+class Reptile(GradientLearner):
+    name = "reptile"
+    summary = "Reptile: adapt by SGD, then move the initialisation toward the adapted weights (first order)."
+    Hparams = ReptileHparams
+
+    def configure_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
+        if self.hparams.outer_optimizer == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=meta_lr)
+        return super().configure_optimizer(meta_lr)
+
+    def task_step(self, support_x, support_y, query_x, query_y, n_way: int, functional: bool = False):
+        """One task: ``(theta - theta_adapted)`` per parameter, the query loss and correct count after adaptation."""
+        start = self.task_params(n_way)
+        leaves = {k: v.detach() if functional else v.detach().requires_grad_() for k, v in start.items()}
+        adapted = self.adapt_params(leaves, support_x, support_y, self.hparams.inner_steps,
+                                    second_order=False, functional=functional)
+        adapted = {k: v.detach() for k, v in adapted.items()}
+        with torch.no_grad():
+            logits = self.logits(adapted, query_x, nhwc_pays(query_x, functional))
+        deltas = {k: start[k].detach() - adapted[k] for k in start}
+        return deltas, F.cross_entropy(logits.float(), query_y), (logits.argmax(-1) == query_y).sum()
+
+    def outer_loss(self, batch: Episode) -> StepOutput:
+        n_way, tasks = batch.n_way, batch.support_x.shape[0]
+        device = batch.support_x.device
+        with self._autocast(device):
+            if self._vectorized(device):
+                deltas, losses, correct = torch.func.vmap(
+                    lambda *t: self.task_step(*t, n_way, functional=True), randomness="error")(*batch[:4])
+                deltas = {k: d.mean(0) for k, d in deltas.items()}
+                loss, correct = losses.mean(), correct.sum()
+            else:
+                deltas, loss, correct = {}, 0.0, 0
+                for i in range(tasks):
+                    d, task_loss, right = self.task_step(*(t[i] for t in batch[:4]), n_way)
+                    deltas = {k: deltas.get(k, 0) + v / tasks for k, v in d.items()}
+                    loss, correct = loss + task_loss / tasks, correct + right
+        start = self.task_params(n_way)
+        # The head's row is copied to every class, so its direction is the sum over the classes' rows.
+        value = surrogate_loss([start[k] for k in deltas], [deltas[k] for k in deltas], loss.detach())
+        return StepOutput(value, correct / batch.query_y.numel())
