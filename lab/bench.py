@@ -80,7 +80,68 @@ def bench_distributed(args) -> list[dict]:
     return out
 
 
-BENCHES = {"data": bench_data, "distributed": bench_distributed}
+def _drawing_png(digit, side: int = 280) -> bytes:
+    """A 28x28 digit as the drawing pad returns it: ``side`` x ``side`` RGBA PNG, dark ink on transparent."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ink = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BILINEAR))
+    rgba = np.zeros((side, side, 4), dtype=np.uint8)
+    rgba[..., 3] = ink
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bench_predict(args) -> dict:
+    """Preprocessing + prediction of one drawing (p50/p95 over 200 drawings, the shipped model, 10-way
+    5-shot digit support), and the time to adapt to a new 10-way 5-shot support set."""
+    import numpy as np
+    import torch
+
+    from lab.data import load_dataset
+    from lab.predict import MNIST_TRAIN_IMAGES, Predictor, digit_support, load_digit_bank, load_model
+
+    _, model = load_model("default", device="cpu")
+    bank = load_digit_bank("auto", args.data_dir)
+    predictor = Predictor(model)
+    adapt_ms = [predictor.adapt(digit_support(bank, 5, seed)) for seed in range(21)][1:]  # the first warms up
+
+    # 200 held-out digits (MNIST's test images, or the digits the support never holds), drawn as the pad would.
+    test = load_dataset(bank.source, args.data_dir if bank.source == "mnist" else None)
+    start = MNIST_TRAIN_IMAGES if bank.source == "mnist" else 0
+    images, labels = test.images[start:, 0].numpy(), test.labels[start:]
+    pick = np.random.default_rng(0).choice(len(images), size=200, replace=False)
+    drawings = [(_drawing_png(images[i]), int(labels[i])) for i in pick]
+    support = digit_support(bank, 5, seed=0)
+    for data, _ in drawings[:5]:
+        predictor.predict_bytes(data, support)  # warm-up
+    times, correct = [], 0
+    for data, label in drawings:
+        t0 = time.perf_counter()
+        prediction = predictor.predict_bytes(data, support)
+        times.append(1000 * (time.perf_counter() - t0))
+        correct += prediction.top == str(label)
+    return {
+        "model": "default",
+        "support": bank.source,
+        "n_way": 10,
+        "k_shot": 5,
+        "drawings": len(drawings),
+        "p50_ms": round(float(np.percentile(times, 50)), 2),
+        "p95_ms": round(float(np.percentile(times, 95)), 2),
+        "mean_ms": round(float(np.mean(times)), 2),
+        "adapt_ms": round(float(np.median(adapt_ms)), 2),
+        "adapt_p95_ms": round(float(np.percentile(adapt_ms, 95)), 2),
+        "accuracy": round(correct / len(drawings), 4),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+BENCHES = {"data": bench_data, "distributed": bench_distributed, "predict": bench_predict}
 
 
 def run(what: str, args) -> dict | list:
@@ -94,4 +155,8 @@ def format_result(what: str, result) -> str:
     if what == "distributed":
         return "\n".join(f"{r['processes']} process(es): {r['steps_per_s']} steps/s, {r['tasks_per_s']} tasks/s"
                          for r in result)
+    if what == "predict":
+        return (f"one drawing, preprocess + predict: p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms over "
+                f"{result['drawings']} drawings ({100 * result['accuracy']:.1f}% right); adapting to a 10-way 5-shot "
+                f"support set: {result['adapt_ms']} ms")
     return str(result)

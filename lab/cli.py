@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from lab import runs
@@ -155,8 +156,10 @@ def cmd_eval(args) -> int:
     from lab.device import pick_device
     from lab.evaluation import meta_test
 
+    from lab.predict import resolve_model
+
     device = pick_device(args.device)
-    config, model = runs.load_model(args.run, device=device)
+    config, model = runs.load_model(resolve_model(args.run), device=device)
     dataset_name = args.dataset or config.dataset
     same = dataset_name == config.dataset
     dataset = load_dataset(dataset_name, args.data_dir or (config.data_dir if same else None),
@@ -181,9 +184,11 @@ def cmd_compare(args) -> int:
     from lab.device import pick_device
     from lab.evaluation import compare_models
 
+    from lab.predict import resolve_model
+
     device = pick_device(args.device)
-    config_a, model_a = runs.load_model(args.run_a, device=device)
-    _, model_b = runs.load_model(args.run_b, device=device)
+    config_a, model_a = runs.load_model(resolve_model(args.run_a), device=device)
+    _, model_b = runs.load_model(resolve_model(args.run_b), device=device)
     dataset_name = args.dataset or config_a.dataset
     same = dataset_name == config_a.dataset
     dataset = load_dataset(dataset_name, args.data_dir or (config_a.data_dir if same else None),
@@ -198,6 +203,45 @@ def cmd_compare(args) -> int:
         print(f"A {100 * result['accuracy_a']:.2f}% vs B {100 * result['accuracy_b']:.2f}% on the same "
               f"{result['episodes']} episodes: A - B = {100 * result['difference']:+.2f}% "
               f"± {100 * result['difference_ci95']:.2f}% (paired 95% CI)")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict / export
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from lab.predict import Predictor, TaughtSet, digit_support, load_digit_bank, load_model
+    from lab.preprocess import read_image_file
+
+    t0 = time.perf_counter()
+    config, model = load_model(args.run, device="cpu")
+    load_ms = 1000 * (time.perf_counter() - t0)
+    if args.taught:
+        support = TaughtSet.from_bytes(Path(args.taught).read_bytes()).support()
+    else:
+        support = digit_support(load_digit_bank(args.support or "auto", args.data_dir), args.k_shot, args.seed)
+    prediction = Predictor(model).predict_bytes(read_image_file(args.image), support)
+    result = prediction.to_dict()
+    result["timings_ms"]["load_model"] = round(load_ms, 3)
+    result.update(model=str(args.run), algorithm=config.algorithm, support=support.source, n_way=support.n_way,
+                  k_shot=int(np.bincount(support.labels).min()), image=str(args.image))
+    if args.json:
+        _print_json(result)
+    else:
+        t = result["timings_ms"]
+        print(f"{result['prediction']} ({100 * result['confidence']:.1f}%) in {t['preprocess'] + t['predict']:.1f} ms "
+              f"(+ adapt {t['adapt']:.1f} ms) against {support.n_way} classes from {support.source}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    result = runs.export_model(args.run, args.out, args.which)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{result['out']}: {result['bytes']:,} bytes, step {result['step']} of {result['exported_from']}")
     return 0
 
 
@@ -292,9 +336,26 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     q.set_defaults(func=cmd_compare)
 
+    q = sub.add_parser("predict", help="predict an image's class with a model adapted to a support set")
+    common(q)
+    q.add_argument("--run", default="default", help="a run folder, a checkpoint file, or 'default' (the shipped model)")
+    q.add_argument("--image", required=True, help="a PNG, JPEG, BMP, GIF or WebP file (at most 5 MB)")
+    q.add_argument("--support", choices=("mnist", "digits"), help="digit examples (default: mnist when present)")
+    q.add_argument("--k-shot", type=int, default=5, help="examples per digit, 1 to 10")
+    q.add_argument("--seed", type=int, default=0, help="seeds the choice of the digit examples")
+    q.add_argument("--taught", help="a taught-set file (saved by the Draw page) instead of digits")
+    q.set_defaults(func=cmd_predict)
+
+    q = sub.add_parser("export", help="write a run's checkpoint without the optimiser state (for assets/)")
+    q.add_argument("run", help="a run folder or a checkpoint file")
+    q.add_argument("--out", required=True)
+    q.add_argument("--which", default="best", choices=("best", "last"))
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_export)
+
     q = sub.add_parser("bench", help="benchmarks: speed and memory")
     common(q)
-    q.add_argument("what", choices=("data", "distributed"))
+    q.add_argument("what", choices=("data", "distributed", "predict"))
     q.add_argument("--steps", type=int, help="outer steps per measured training (distributed)")
     q.set_defaults(func=cmd_bench)
     return p

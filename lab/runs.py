@@ -239,3 +239,27 @@ def list_runs(runs_dir: str | os.PathLike) -> list[dict]:
             }
         )
     return sorted(out, key=lambda r: r["created"], reverse=True)
+
+
+def export_model(source: str | os.PathLike, out: str | os.PathLike, which: str = "best") -> dict:
+    """Write a run's checkpoint without its optimiser and RNG state: the weights, the config, and where
+    they came from. The file loads with :func:`load_model` like any checkpoint."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / f"{which}.pt"
+        if not path.exists():
+            path = path.with_name("last.pt")
+    checkpoint = load_checkpoint(path)
+    payload = {
+        "config": checkpoint["config"],
+        "model": {k: v.detach().clone().contiguous() for k, v in checkpoint["model"].items()},
+        "step": checkpoint.get("step"),
+        "best_val": checkpoint.get("best_val"),
+        "exported_from": path.parent.name + "/" + path.name,
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, out)
+    return {k: v for k, v in payload.items() if k != "model"} | {"out": str(out), "bytes": out.stat().st_size}

@@ -1,0 +1,333 @@
+"""Predicting the class of one drawing with a meta-learned model adapted to a small support set.
+
+The model was meta-trained on other classes (the shipped one on Omniglot's characters). To
+recognise digits it is shown K examples of each (a *support set*) from MNIST's training images or
+the bundled digits; to recognise new symbols it is shown the user's own few drawings (a
+*taught set*). A :class:`Predictor` adapts once per support set through the shared
+``adapt(support_x, support_y, n_way)`` protocol and keeps the result, so predicting a drawing is
+one forward pass.
+
+A taught set travels as a small JSON file (format :data:`TAUGHT_FORMAT`, version
+:data:`TAUGHT_VERSION`) holding the class names and the 28x28 drawings, validated on load.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lab import runs
+from lab.preprocess import IMAGE_SIZE, preprocess_bytes
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_MODEL = ASSETS / "protonet-omniglot.pt"
+DIGIT_SOURCES = ("mnist", "digits")
+MNIST_TRAIN_IMAGES = 60_000  # load_dataset('mnist') holds the 60,000 training images first
+MAX_K_SHOT = 10
+
+
+def resolve_model(source: str | Path) -> Path:
+    """``'default'`` names the shipped model in ``assets/``; anything else is a run folder or checkpoint."""
+    if str(source) != "default":
+        return Path(source)
+    if not DEFAULT_MODEL.is_file():
+        raise ValueError(f"the shipped model {DEFAULT_MODEL} is missing: rebuild it as assets/README.md says")
+    return DEFAULT_MODEL
+
+
+def load_model(source: str | Path = "default", device="cpu"):
+    """(config, model) of ``'default'``, a run folder or a checkpoint file, ready to adapt."""
+    return runs.load_model(resolve_model(source), device=device)
+
+
+# --------------------------------------------------------------------------- support sets
+
+
+@dataclass(frozen=True, eq=False)
+class SupportSet:
+    """Labelled examples of each class.
+
+    images: uint8 ``(n, 28, 28)``, bright ink on dark; labels: int64 ``(n,)`` in 0..n_way-1,
+    every class present; class_names: one per class; source: where the examples came from.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    source: str = ""
+    key: str = field(init=False)
+
+    def __post_init__(self):
+        if self.images.ndim != 3 or self.images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or self.images.dtype != np.uint8:
+            raise ValueError(f"support images must be uint8 (n, 28, 28), not {self.images.dtype} {self.images.shape}")
+        if len(self.labels) != len(self.images):
+            raise ValueError(f"{len(self.images)} support images but {len(self.labels)} labels")
+        if sorted(set(self.labels.tolist())) != list(range(len(self.class_names))):
+            raise ValueError(f"every one of the {len(self.class_names)} classes needs at least one example")
+        digest = hashlib.sha1(self.images.tobytes())
+        digest.update(self.labels.astype(np.int64).tobytes())
+        digest.update("\0".join(self.class_names).encode())
+        object.__setattr__(self, "key", digest.hexdigest())
+
+    @property
+    def n_way(self) -> int:
+        return len(self.class_names)
+
+    def tensors(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, 1, 28, 28)`` float in [0, 1] and ``(n,)`` int64, as episodes hold them."""
+        x = torch.from_numpy(self.images).to(device=device, dtype=torch.float32).div_(255.0).unsqueeze(1)
+        return x, torch.from_numpy(self.labels.astype(np.int64)).to(device)
+
+
+@dataclass(frozen=True, eq=False)
+class DigitBank:
+    """Labelled digit images to draw support sets from: images uint8 ``(n, 28, 28)``, labels ``(n,)``."""
+
+    source: str
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def load_digit_bank(source: str = "auto", data_dir=None) -> DigitBank:
+    """MNIST's training images (``'mnist'``), the bundled digits (``'digits'``), or ``'auto'``: MNIST
+    when it is on disk, else the bundled digits."""
+    from lab.data import dataset_status, load_dataset
+
+    if source == "auto":
+        source = "mnist" if dataset_status(data_dir)["mnist"]["available"] else "digits"
+    if source not in DIGIT_SOURCES:
+        raise ValueError(f"support must be one of {', '.join(DIGIT_SOURCES)}, not {source!r}")
+    dataset = load_dataset(source, data_dir if source == "mnist" else None)
+    images, labels = dataset.images[:, 0].numpy(), dataset.labels
+    if source == "mnist":  # never the test digits: those are what a user's drawing competes with
+        images, labels = images[:MNIST_TRAIN_IMAGES], labels[:MNIST_TRAIN_IMAGES]
+    return DigitBank(source, images, labels)
+
+
+def digit_support(bank: DigitBank, k_shot: int, seed: int = 0) -> SupportSet:
+    """K examples of each digit 0-9 drawn from ``bank`` with ``seed``: same seed, same set."""
+    if not isinstance(k_shot, int) or not 1 <= k_shot <= MAX_K_SHOT:
+        raise ValueError(f"k_shot must be a whole number from 1 to {MAX_K_SHOT}, not {k_shot!r}")
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(bank.labels == d), size=k_shot, replace=False) for d in range(10)]
+    index = np.concatenate(picks)
+    return SupportSet(bank.images[index], np.repeat(np.arange(10), k_shot), tuple(str(d) for d in range(10)),
+                      f"{bank.source}, seed {seed}")
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """Probabilities over the support set's classes for one image, with the time each part took."""
+
+    class_names: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    image: np.ndarray  # uint8 (28, 28): what the model saw
+    preprocess_ms: float
+    adapt_ms: float  # 0 when the support set's adaptation was cached
+    predict_ms: float
+
+    @property
+    def top(self) -> str:
+        return self.class_names[int(np.argmax(self.probabilities))]
+
+    @property
+    def confidence(self) -> float:
+        return float(max(self.probabilities))
+
+    def to_dict(self) -> dict:
+        return {
+            "prediction": self.top,
+            "confidence": self.confidence,
+            "probabilities": dict(zip(self.class_names, self.probabilities)),
+            "timings_ms": {"preprocess": self.preprocess_ms, "adapt": self.adapt_ms, "predict": self.predict_ms},
+        }
+
+
+def _ms(t0: float) -> float:
+    return round(1000 * (time.perf_counter() - t0), 3)
+
+
+class Predictor:
+    """A model that adapts once per support set (kept, least recently used first out) and predicts.
+
+    Safe to share between threads (the page's sessions): the cache is guarded by a lock.
+    """
+
+    def __init__(self, model, device="cpu", cache_size: int = 16):
+        self.model = model.eval()
+        self.device = torch.device(device)
+        self.cache_size = cache_size
+        self._adapted: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Run the model once on dummy inputs, so a user's first drawing is not the slow first call."""
+        support = SupportSet(np.zeros((2, IMAGE_SIZE, IMAGE_SIZE), np.uint8), np.arange(2), ("a", "b"), "warm-up")
+        self.probabilities(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8), support)
+        with self._lock:
+            self._adapted.pop(support.key, None)
+
+    def adapt(self, support: SupportSet) -> float:
+        """Adapt to ``support`` unless already done; the milliseconds it took (0 when cached)."""
+        with self._lock:
+            if support.key in self._adapted:
+                self._adapted.move_to_end(support.key)
+                return 0.0
+        t0 = time.perf_counter()
+        x, y = support.tensors(self.device)
+        predictor = self.model.adapt(x, y, support.n_way)
+        elapsed = _ms(t0)
+        with self._lock:
+            self._adapted[support.key] = predictor
+            while len(self._adapted) > self.cache_size:
+                self._adapted.popitem(last=False)
+        return elapsed
+
+    def probabilities(self, images: np.ndarray, support: SupportSet) -> np.ndarray:
+        """uint8 ``(n, 28, 28)`` -> probabilities ``(n, n_way)`` over ``support``'s classes."""
+        self.adapt(support)
+        with self._lock:
+            predictor = self._adapted[support.key]
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, torch.float32).div_(255.0).unsqueeze(1)
+        with torch.no_grad():
+            return torch.softmax(predictor(x).float(), -1).cpu().numpy()
+
+    def predict(self, image: np.ndarray, support: SupportSet, preprocess_ms: float = 0.0) -> Prediction:
+        """One preprocessed uint8 ``(28, 28)`` image -> :class:`Prediction`."""
+        adapt_ms = self.adapt(support)
+        t0 = time.perf_counter()
+        probs = self.probabilities(image[None], support)[0]
+        return Prediction(support.class_names, tuple(round(float(p), 6) for p in probs), image, preprocess_ms,
+                          adapt_ms, _ms(t0))
+
+    def predict_bytes(self, data: bytes, support: SupportSet) -> Prediction:
+        """Image file bytes -> :class:`Prediction`; bad input raises :class:`~lab.preprocess.BadImage`."""
+        t0 = time.perf_counter()
+        image = preprocess_bytes(data)
+        return self.predict(image, support, _ms(t0))
+
+
+# --------------------------------------------------------------------------- taught sets
+
+TAUGHT_FORMAT = "meta-learning-lab/taught-set"
+TAUGHT_VERSION = 1
+MIN_CLASSES, MAX_CLASSES = 2, 10
+MAX_EXAMPLES = 5
+MAX_NAME = 40
+MAX_TAUGHT_BYTES = 1_000_000
+
+
+class BadTaughtSet(ValueError):
+    """A taught-set file that cannot be used; the message says why in one line."""
+
+
+@dataclass(frozen=True, eq=False)
+class TaughtSet:
+    """Classes a user taught from a few drawings each.
+
+    class_names: 2-10 distinct names; examples: per class, 1-5 uint8 ``(28, 28)`` drawings.
+    """
+
+    class_names: tuple[str, ...]
+    examples: tuple[tuple[np.ndarray, ...], ...]
+
+    def __post_init__(self):
+        names, examples = self.class_names, self.examples
+        if not MIN_CLASSES <= len(names) <= MAX_CLASSES:
+            raise BadTaughtSet(f"a taught set has {MIN_CLASSES} to {MAX_CLASSES} classes, not {len(names)}")
+        for name in names:
+            if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+                raise BadTaughtSet(f"class name {name!r} must be 1 to {MAX_NAME} characters")
+        if len({n.strip().casefold() for n in names}) != len(names):
+            raise BadTaughtSet(f"class names must differ: {', '.join(names)}")
+        if len(examples) != len(names):
+            raise BadTaughtSet(f"{len(names)} class names but examples for {len(examples)} classes")
+        for name, shots in zip(names, examples):
+            if not 1 <= len(shots) <= MAX_EXAMPLES:
+                raise BadTaughtSet(f"class {name!r} has {len(shots)} examples; each class needs 1 to {MAX_EXAMPLES}")
+            for shot in shots:
+                if not isinstance(shot, np.ndarray) or shot.shape != (IMAGE_SIZE, IMAGE_SIZE) or shot.dtype != np.uint8:
+                    raise BadTaughtSet(f"an example of {name!r} is not a uint8 28x28 image")
+
+    def support(self) -> SupportSet:
+        images = np.stack([shot for shots in self.examples for shot in shots])
+        labels = np.concatenate([np.full(len(shots), i) for i, shots in enumerate(self.examples)]).astype(np.int64)
+        return SupportSet(images, labels, self.class_names, "taught")
+
+    def to_bytes(self) -> bytes:
+        """The taught set as a small JSON file (each drawing: 784 bytes, base64)."""
+        doc = {
+            "format": TAUGHT_FORMAT,
+            "version": TAUGHT_VERSION,
+            "image_size": IMAGE_SIZE,
+            "classes": [
+                {"name": name, "examples": [base64.b64encode(shot.tobytes()).decode("ascii") for shot in shots]}
+                for name, shots in zip(self.class_names, self.examples)
+            ],
+        }
+        return json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TaughtSet:
+        """Read and validate a taught-set file; anything wrong raises :class:`BadTaughtSet`."""
+        if not data:
+            raise BadTaughtSet("the taught-set file is empty")
+        if len(data) > MAX_TAUGHT_BYTES:
+            raise BadTaughtSet(f"the taught-set file is {len(data):,} bytes; the limit is {MAX_TAUGHT_BYTES:,}")
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise BadTaughtSet("not a taught-set file: it is not JSON") from None
+        if not isinstance(doc, dict) or doc.get("format") != TAUGHT_FORMAT:
+            raise BadTaughtSet(f"not a taught-set file: its format is not {TAUGHT_FORMAT!r}")
+        if doc.get("version") != TAUGHT_VERSION:
+            raise BadTaughtSet(f"this taught set is version {doc.get('version')!r}; this lab reads version {TAUGHT_VERSION}")
+        if doc.get("image_size") != IMAGE_SIZE:
+            raise BadTaughtSet(f"the drawings must be {IMAGE_SIZE}x{IMAGE_SIZE}, not {doc.get('image_size')!r}")
+        classes = doc.get("classes")
+        if not isinstance(classes, list) or not all(isinstance(c, dict) for c in classes):
+            raise BadTaughtSet("the taught set's 'classes' must be a list of {name, examples}")
+        names, examples = [], []
+        for c in classes:
+            names.append(c.get("name"))
+            shots = c.get("examples")
+            if not isinstance(shots, list):
+                raise BadTaughtSet(f"class {c.get('name')!r} has no list of examples")
+            examples.append(tuple(_decode_drawing(s, c.get("name")) for s in shots))
+        return cls(tuple(names), tuple(examples))
+
+
+def _decode_drawing(text, name) -> np.ndarray:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (TypeError, ValueError):
+        raise BadTaughtSet(f"an example of {name!r} is not base64 text") from None
+    if len(raw) != IMAGE_SIZE * IMAGE_SIZE:
+        raise BadTaughtSet(f"an example of {name!r} holds {len(raw)} bytes, not {IMAGE_SIZE * IMAGE_SIZE}")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE).copy()
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def montage(images: np.ndarray, rows: int, gap: int = 2) -> np.ndarray:
+    """uint8 ``(n, h, w)`` laid out row by row on ``rows`` rows -> one uint8 image, with gaps."""
+    n, h, w = images.shape
+    cols = -(-n // rows)
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), 60, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = image
+    return out

@@ -1,0 +1,212 @@
+"""The Draw & Predict page in a real browser: Playwright drives Debian's Chromium against ``streamlit run``.
+
+Draws digits and symbols on the pad with the mouse, teaches two symbols, and uploads files. Screenshots
+go to ``test-artifacts/``.
+"""
+
+import io
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 120_000
+
+pytestmark = pytest.mark.browser
+
+if not (Path(CHROMIUM).exists() or shutil.which("chromium")) and not os.environ.get("CI"):
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium); CI is unset", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    env = {**os.environ, "LAB_RUNS_DIR": str(tmp_path_factory.mktemp("runs"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port",
+         str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail("streamlit run exited before serving")
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not answer on its health endpoint within 2 minutes")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+                              args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(server, browser, request):
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(server)
+    pg.get_by_role("link", name="Draw & Predict").click()
+    pg.get_by_role("heading", name="Draw & Predict").wait_for()
+    yield pg
+    pg.screenshot(path=ARTIFACTS / f"end-{request.node.name}.png", full_page=True)  # what the page ended on
+    context.close()
+
+
+def wait_idle(pg) -> None:
+    """Wait until the script has finished rerunning (Streamlit shows a status widget while running)."""
+    pg.wait_for_timeout(300)
+    pg.locator("[data-testid='stStatusWidget']").wait_for(state="hidden")
+
+
+def pad(pg, index: int = 0):
+    """The pad's drawing surface: the top-most canvas of the index-th drawing pad."""
+    surface = pg.locator("canvas.upper-canvas").nth(index)
+    for attempt in range(5):  # a pad is remounted (cleared) by a rerun: take the new one
+        try:
+            surface.scroll_into_view_if_needed(timeout=10_000)
+            return surface
+        except Exception:
+            pg.wait_for_timeout(500)
+    surface.scroll_into_view_if_needed()
+    return surface
+
+
+def stroke(pg, surface, points) -> None:
+    """Draw one stroke through ``points`` given in [0, 1] pad coordinates."""
+    box = surface.bounding_box()
+    xy = [(box["x"] + u * box["width"], box["y"] + v * box["height"]) for u, v in points]
+    pg.mouse.move(*xy[0])
+    pg.mouse.down()
+    for x, y in xy[1:]:
+        pg.mouse.move(x, y, steps=3)
+    pg.mouse.up()
+
+
+def draw_circle(pg, surface, r: float = 0.33, cx: float = 0.5, cy: float = 0.5, squash: float = 0.75) -> None:
+    stroke(pg, surface, [(cx + squash * r * math.sin(t / 24 * 2 * math.pi), cy - r * math.cos(t / 24 * 2 * math.pi))
+                         for t in range(26)])
+
+
+def draw_cross(pg, surface) -> None:
+    stroke(pg, surface, [(0.22 + 0.56 * i / 8, 0.2 + 0.6 * i / 8) for i in range(9)])
+    stroke(pg, surface, [(0.78 - 0.56 * i / 8, 0.2 + 0.6 * i / 8) for i in range(9)])
+
+
+def prediction(pg) -> str:
+    top = pg.locator(".dp-top").last
+    top.wait_for()
+    return top.inner_text().strip()
+
+
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def test_drawing_a_digit_with_the_mouse_shows_a_prediction(page):
+    wait_idle(page)
+    assert page.get_by_text("Draw something first").is_visible()
+    draw_circle(page, pad(page))
+    assert prediction(page) == "0"
+    assert page.get_by_text("What the model sees").is_visible()
+    page.locator("[data-testid='stPlotlyChart']").wait_for()
+    page.screenshot(path=ARTIFACTS / "draw-digit.png", full_page=True)
+    page.get_by_role("button", name="Clear").click()
+    page.get_by_text("Draw something first").wait_for()
+    expect(page.locator(".dp-top")).to_have_count(0)
+    stroke(page, pad(page), [(0.5, 0.15), (0.5, 0.85)])  # a "1"
+    assert prediction(page) == "1"
+    page.screenshot(path=ARTIFACTS / "draw-digit-one.png", full_page=True)
+
+
+def test_teaching_two_symbols_gets_the_right_one_back(page):
+    page.get_by_text("Teach", exact=True).click()
+    page.get_by_text("1 · Teach").wait_for()
+    wait_idle(page)
+    for name, draw, variants in (("circle", draw_circle, (0.3, 0.36)), ("cross", draw_cross, (0, 1))):
+        page.locator("[data-testid='stRadio']").filter(has_text="Draw an example of").get_by_text(name,
+                                                                                                  exact=True).click()
+        wait_idle(page)
+        for i, v in enumerate(variants):
+            if name == "circle":
+                draw(page, pad(page, 0), r=v)
+            else:
+                draw(page, pad(page, 0))
+            wait_idle(page)
+            page.get_by_role("button", name=f"Add to “{name}”").click()
+            page.get_by_text(f"{name} · {i + 1}/5").wait_for()
+            wait_idle(page)
+    page.get_by_role("button", name="Adapt to these examples").click()
+    page.get_by_text("Adapted to 2 symbols from 4 drawings").wait_for()
+    wait_idle(page)
+    draw_cross(page, pad(page, 1))
+    assert prediction(page) == "cross"
+    page.screenshot(path=ARTIFACTS / "teach-cross.png", full_page=True)
+    page.get_by_role("button", name="Clear").last.click()
+    expect(page.locator(".dp-top")).to_have_count(0)
+    draw_circle(page, pad(page, 1), r=0.34, squash=0.9)
+    assert prediction(page) == "circle"
+    page.screenshot(path=ARTIFACTS / "teach-circle.png", full_page=True)
+
+
+def _digit_photo(tmp_path) -> Path:
+    """A '7' written in dark ink on light paper, saved as a JPEG."""
+    im = Image.new("RGB", (360, 480), (236, 232, 220))
+    d = ImageDraw.Draw(im)
+    d.line([(90, 110), (270, 110), (160, 400)], fill=(30, 30, 60), width=22)
+    path = tmp_path / "seven.jpg"
+    im.save(path, quality=90)
+    return path
+
+
+def test_uploading_a_file_shows_its_prediction_and_a_bad_file_a_clear_error(page, tmp_path):
+    page.get_by_text("Upload", exact=True).first.click()
+    wait_idle(page)
+    chooser = page.locator("[data-testid='stFileUploader'] input[type='file']").first
+    chooser.set_input_files(str(_digit_photo(tmp_path)))
+    assert prediction(page) == "7"
+    page.screenshot(path=ARTIFACTS / "upload-digit.png", full_page=True)
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is a text file renamed .png\n" * 4)
+    chooser.set_input_files(str(bad))
+    page.get_by_text("not an image").wait_for()
+    expect(page.locator(".dp-top")).to_have_count(0)
+    page.screenshot(path=ARTIFACTS / "upload-bad.png", full_page=True)

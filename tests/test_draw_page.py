@@ -1,0 +1,160 @@
+"""The Draw & Predict page under AppTest: uploads, bad input, the support set, and teach mode end to end.
+(The drawing pad itself is driven in the browser tests.)"""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from streamlit.testing.v1 import AppTest
+
+from lab.predict import TaughtSet
+from lab.preprocess import preprocess_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = str(ROOT / "pages" / "draw.py")
+
+
+def png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def zero() -> bytes:
+    im = Image.new("RGB", (200, 200), "white")
+    ImageDraw.Draw(im).ellipse((55, 25, 145, 175), outline="black", width=14)
+    return png(im)
+
+
+def page(**state) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def top_class(at: AppTest) -> str | None:
+    for m in at.markdown:
+        if "dp-top" in m.value:
+            return m.value.split(">")[1].split("<")[0]
+    return None
+
+
+def upload(at: AppTest, key: str, name: str, data: bytes) -> AppTest:
+    at.radio(key=f"{key}-how").set_value("Upload").run()
+    at.file_uploader(key=f"{key}-upload").set_value((name, data, "image/png"))
+    return at.run()
+
+
+def test_the_page_opens_in_digits_mode_with_a_blank_pad_and_shows_the_support_set():
+    at = page()
+    assert not at.exception and at.title[0].value == "Draw & Predict"
+    assert any("Draw something first" in i.value for i in at.info)
+    assert top_class(at) is None
+    assert any("5 example(s) of each digit" in c.value for c in at.caption)
+    assert len(at.image) >= 1  # the support montage
+
+
+def test_an_uploaded_digit_is_predicted_with_probability_bars_and_timings():
+    at = upload(page(), "digit", "zero.png", zero())
+    assert not at.exception and not at.error
+    assert top_class(at) == "0"
+    assert len(at.get("plotly_chart")) == 1
+    assert any("preprocess" in c.value and "ms" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("zero-byte.png", b"", "empty"),
+        ("text.png", b"just some text\n" * 10, "not an image"),
+        ("big.png", b"\x89PNG" + bytes(5 * 2**20 + 10), "limit is 5 MB"),
+    ],
+    ids=["zero-byte", "text-renamed", "over-the-cap"],
+)
+def test_a_bad_upload_shows_a_clear_error_and_the_page_keeps_running(name, data, message):
+    at = upload(page(), "digit", name, data)
+    assert not at.exception
+    assert any(message in e.value for e in at.error)
+    assert top_class(at) is None
+    at.file_uploader(key="digit-upload").set_value(("zero.png", zero(), "image/png"))
+    assert top_class(at.run()) == "0"  # and it still predicts afterwards
+
+
+def test_k_and_resampling_change_the_support_set():
+    at = page()
+    at.slider[0].set_value(1).run()
+    assert any("1 example(s) of each digit" in c.value and "seed 0" in c.value for c in at.caption)
+    next(b for b in at.button if b.label == "Resample").click().run()
+    assert any("seed 1" in c.value for c in at.caption)
+
+
+def _circle_cross(kind: str, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    im = Image.new("L", (200, 200), 255)
+    d = ImageDraw.Draw(im)
+    x0, y0 = rng.integers(15, 45, 2)
+    x1, y1 = 200 - rng.integers(15, 45, 2)
+    if kind == "circle":
+        d.ellipse((x0, y0, x1, y1), outline=0, width=12)
+    else:
+        d.line((x0, y0, x1, y1), fill=0, width=12)
+        d.line((x0, y1, x1, y0), fill=0, width=12)
+    return png(im)
+
+
+def test_teach_mode_adds_and_removes_examples_from_uploads():
+    at = page()
+    at.sidebar.radio[0].set_value("Teach").run()
+    assert any("Not ready to adapt" in i.value for i in at.info)
+    at = upload(at, "teach", "circle.png", _circle_cross("circle", 0))
+    at.button(key="teach-add").click().run()
+    assert not at.exception and any("circle" in m.value and "1/5" in m.value for m in at.markdown)
+    at.button(key="teach-rm-0-0").click().run()
+    assert any("circle" in m.value and "0/5" in m.value for m in at.markdown)
+
+
+def test_teach_mode_loads_a_taught_set_adapts_and_names_a_new_drawing():
+    taught = TaughtSet(("ring", "ex"), tuple(tuple(preprocess_bytes(_circle_cross(k, s)) for s in range(3))
+                                             for k in ("circle", "cross")))
+    at = page()
+    at.sidebar.radio[0].set_value("Teach").run()
+    at.file_uploader(key="teach-file").set_value(("taught.json", taught.to_bytes(), "application/json")).run()
+    assert not at.exception and at.text_input(key="teach-name-0").value == "ring"
+    assert any("ring" in m.value and "3/5" in m.value for m in at.markdown)
+    assert any("Press Adapt" in i.value for i in at.info)
+    at.button(key="teach-adapt").click().run()
+    assert any("Adapted to 2 symbols from 6 drawings" in s.value for s in at.success)
+    for kind, name in (("cross", "ex"), ("circle", "ring")):
+        at = upload(at, "query", f"{kind}.png", _circle_cross(kind, 99))
+        assert top_class(at) == name
+
+
+def test_a_malformed_taught_set_shows_an_error_and_keeps_the_page_running():
+    at = page()
+    at.sidebar.radio[0].set_value("Teach").run()
+    bad = json.dumps({"format": "meta-learning-lab/taught-set", "version": 99}).encode()
+    at.file_uploader(key="teach-file").set_value(("taught.json", bad, "application/json")).run()
+    assert not at.exception
+    assert any("version 99" in e.value for e in at.error)
+
+
+def test_a_run_from_the_run_store_can_be_chosen_instead_of_the_shipped_model(tmp_path, monkeypatch):
+    from lab import runs
+    from lab.config import TrainConfig
+    from lab.training import train
+
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path))
+    config = TrainConfig(dataset="digits", n_query=5, steps=3, val_every=3, val_episodes=5)
+    for _ in train(config, runs.create_run(tmp_path, config, "tiny-run")):
+        pass
+    at = page()
+    options = at.sidebar.selectbox[0].options
+    assert options[0].startswith("Shipped") and any("tiny-run" in o for o in options)
+    at.sidebar.selectbox[0].set_value(next(o for o in options if "tiny-run" in o)).run()
+    assert not at.exception and any("meta-trained on digits" in c.value for c in at.sidebar.caption)
+    at = upload(at, "digit", "zero.png", zero())
+    assert top_class(at) in tuple("0123456789")
