@@ -4,7 +4,6 @@ Draws digits and symbols on the pad with the mouse, teaches two symbols, and upl
 go to ``test-artifacts/``.
 """
 
-import io
 import math
 import os
 import shutil
