@@ -174,7 +174,13 @@ with pad:
                      horizontal=True, key="teach-which")
     drawing, waiting = image_input("teach", "a drawing of the symbol")
     full = len(examples[which]) >= MAX_EXAMPLES
-    if st.button(f"Add to “{names[which]}”", type="primary", icon=":material/add:", disabled=full, key="teach-add"):
+    add, preview = st.columns([2, 1], vertical_alignment="center")
+    if drawing is not None:
+        try:
+            preview.image(to_png(preprocess_bytes(drawing), scale=2), caption="as the model sees it")
+        except BadImage:
+            pass  # the Add button says why
+    if add.button(f"Add to “{names[which]}”", type="primary", icon=":material/add:", disabled=full, key="teach-add"):
         try:
             if drawing is None:
                 raise BlankImage(waiting)
