@@ -136,6 +136,7 @@ def bench_predict(args) -> dict:
         "adapt_ms": round(float(np.median(adapt_ms)), 2),
         "adapt_p95_ms": round(float(np.percentile(adapt_ms, 95)), 2),
         "accuracy": round(correct / len(drawings), 4),
+        "predict_threads": predictor.threads,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }

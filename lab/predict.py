@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,16 +160,33 @@ def _ms(t0: float) -> float:
     return round(1000 * (time.perf_counter() - t0), 3)
 
 
+@contextmanager
+def _torch_threads(n: int | None):
+    """Run torch's CPU kernels on ``n`` threads meanwhile (per calling thread with OpenMP); None: as they are."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class Predictor:
     """A model that adapts once per support set (kept, least recently used first out) and predicts.
 
-    Safe to share between threads (the page's sessions): the cache is guarded by a lock.
+    Safe to share between threads (the page's sessions): the cache is guarded by a lock. On the
+    CPU it computes on ``threads`` threads: one drawing, or a support set of tens of images, is
+    too little work to split, and splitting it on a busy machine makes it several times slower.
     """
 
-    def __init__(self, model, device="cpu", cache_size: int = 16):
+    def __init__(self, model, device="cpu", cache_size: int = 16, threads: int | None = 1):
         self.model = model.eval()
         self.device = torch.device(device)
         self.cache_size = cache_size
+        self.threads = threads if self.device.type == "cpu" else None
         self._adapted: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -187,7 +205,8 @@ class Predictor:
                 return 0.0
         t0 = time.perf_counter()
         x, y = support.tensors(self.device)
-        predictor = self.model.adapt(x, y, support.n_way)
+        with _torch_threads(self.threads):
+            predictor = self.model.adapt(x, y, support.n_way)
         elapsed = _ms(t0)
         with self._lock:
             self._adapted[support.key] = predictor
@@ -201,7 +220,7 @@ class Predictor:
         with self._lock:
             predictor = self._adapted[support.key]
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, torch.float32).div_(255.0).unsqueeze(1)
-        with torch.no_grad():
+        with torch.no_grad(), _torch_threads(self.threads):
             return torch.softmax(predictor(x).float(), -1).cpu().numpy()
 
     def predict(self, image: np.ndarray, support: SupportSet, preprocess_ms: float = 0.0) -> Prediction:
@@ -293,7 +312,8 @@ class TaughtSet:
         if not isinstance(doc, dict) or doc.get("format") != TAUGHT_FORMAT:
             raise BadTaughtSet(f"not a taught-set file: its format is not {TAUGHT_FORMAT!r}")
         if doc.get("version") != TAUGHT_VERSION:
-            raise BadTaughtSet(f"this taught set is version {doc.get('version')!r}; this lab reads version {TAUGHT_VERSION}")
+            raise BadTaughtSet(f"this taught set is version {doc.get('version')!r}; "
+                               f"this lab reads version {TAUGHT_VERSION}")
         if doc.get("image_size") != IMAGE_SIZE:
             raise BadTaughtSet(f"the drawings must be {IMAGE_SIZE}x{IMAGE_SIZE}, not {doc.get('image_size')!r}")
         classes = doc.get("classes")

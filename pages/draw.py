@@ -8,6 +8,7 @@ import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
 from lab import runs
+from lab.algorithms import REGISTRY
 from lab.data import dataset_status
 from lab.predict import (
     MAX_CLASSES, MAX_EXAMPLES, MAX_K_SHOT, MIN_CLASSES, BadTaughtSet, Predictor, TaughtSet, digit_support,
@@ -90,7 +91,8 @@ def show_prediction(predictor: Predictor, data: bytes | None, support, waiting: 
                 f"predict {p.predict_ms:.1f} ms) · {adapt}")
     colours = ["#4f46e5" if name == p.top else "#c7d2fe" for name in p.class_names]
     fig = go.Figure(go.Bar(x=list(p.probabilities), y=list(p.class_names), orientation="h", marker_color=colours,
-                           text=[f"{v:.0%}" if v >= 0.005 else "" for v in p.probabilities], textposition="outside", cliponaxis=False))
+                           text=[f"{v:.0%}" if v >= 0.005 else "" for v in p.probabilities], textposition="outside",
+                           cliponaxis=False))
     fig.update_layout(height=60 + 28 * len(p.class_names), margin=dict(l=10, r=40, t=10, b=10), bargap=0.3,
                       xaxis=dict(range=[0, 1], tickformat=".0%", title="probability"),
                       yaxis=dict(type="category", autorange="reversed"), plot_bgcolor="rgba(0,0,0,0)")
@@ -110,8 +112,9 @@ try:
 except ValueError as err:
     st.error(f"This model cannot be loaded: {err}")
     st.stop()
-st.sidebar.caption(f"{config['algorithm']} meta-trained on {config['dataset']} ({config['n_way']}-way "
-                   f"{config['k_shot']}-shot tasks). It adapts to the examples below; it is never retrained here.")
+st.sidebar.caption(f"{REGISTRY[config['algorithm']].summary} Meta-trained on {config['dataset']} "
+                   f"({config['n_way']}-way {config['k_shot']}-shot tasks); here it only adapts to the examples "
+                   "it is shown, it is never retrained.")
 
 if mode == "Digits":
     st.caption("The model never saw a digit while it was meta-trained: it recognises yours from K examples of "
@@ -157,7 +160,7 @@ if upload is not None and state.get("teach-file-seen") != upload.file_id:
         saved.success(f"Loaded {len(taught.class_names)} classes.")
 
 state.setdefault("teach-n", MIN_CLASSES)
-n_classes = st.slider("How many symbols", MIN_CLASSES, MAX_CLASSES, key="teach-n")
+n_classes = st.columns([1, 2])[0].slider("How many symbols", MIN_CLASSES, MAX_CLASSES, key="teach-n")
 name_cols = st.columns(min(n_classes, 5))
 names = []
 for i in range(n_classes):
@@ -171,7 +174,13 @@ with pad:
                      horizontal=True, key="teach-which")
     drawing, waiting = image_input("teach", "a drawing of the symbol")
     full = len(examples[which]) >= MAX_EXAMPLES
-    if st.button(f"Add to “{names[which]}”", type="primary", icon=":material/add:", disabled=full, key="teach-add"):
+    add, preview = st.columns([2, 1], vertical_alignment="center")
+    if drawing is not None:
+        try:
+            preview.image(to_png(preprocess_bytes(drawing), scale=2), caption="as the model sees it")
+        except BadImage:
+            pass  # the Add button says why
+    if add.button(f"Add to “{names[which]}”", type="primary", icon=":material/add:", disabled=full, key="teach-add"):
         try:
             if drawing is None:
                 raise BlankImage(waiting)
@@ -191,7 +200,7 @@ with shelf:
             st.caption("no example yet")
         for j, (cell, shot) in enumerate(zip(st.columns(MAX_EXAMPLES), list(examples[i]))):
             cell.image(to_png(shot, scale=2))
-            if cell.button("✕", key=f"teach-rm-{i}-{j}", help="remove this example"):
+            if cell.button("✕", key=f"teach-rm-{i}-{j}", help="remove this example", type="tertiary"):
                 examples[i].pop(j)
                 st.rerun()
 

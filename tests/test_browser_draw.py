@@ -4,7 +4,6 @@ Draws digits and symbols on the pad with the mouse, teaches two symbols, and upl
 go to ``test-artifacts/``.
 """
 
-import io
 import math
 import os
 import shutil
@@ -170,6 +169,7 @@ def test_teaching_two_symbols_gets_the_right_one_back(page):
                 draw(page, pad(page, 0), r=v)
             else:
                 draw(page, pad(page, 0))
+            page.get_by_text("as the model sees it").wait_for()  # the page has the drawing
             wait_idle(page)
             page.get_by_role("button", name=f"Add to “{name}”").click()
             page.get_by_text(f"{name} · {i + 1}/5").wait_for()

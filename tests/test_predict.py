@@ -51,7 +51,8 @@ def symbol(kind: str, seed: int, size: int = 200) -> bytes:
 
 
 def taught_circles_and_crosses(shots: int = 3) -> TaughtSet:
-    examples = tuple(tuple(preprocess_bytes(symbol(kind, seed)) for seed in range(shots)) for kind in ("circle", "cross"))
+    examples = tuple(tuple(preprocess_bytes(symbol(kind, seed)) for seed in range(shots))
+                     for kind in ("circle", "cross"))
     return TaughtSet(("circle", "cross"), examples)
 
 
@@ -146,9 +147,12 @@ def _doc(**changes) -> bytes:
     return json.dumps(doc).encode()
 
 
+def _shot(n_bytes: int = 784) -> str:
+    return base64.b64encode(bytes(n_bytes)).decode()
+
+
 def _one_class(**changes) -> dict:
-    shot = base64.b64encode(bytes(784)).decode()
-    return {"name": "a", "examples": [shot], **changes}
+    return {"name": "a", "examples": [_shot()], **changes}
 
 
 MALFORMED = {
@@ -161,11 +165,9 @@ MALFORMED = {
     "eleven classes": (_doc(classes=[_one_class(name=f"c{i}") for i in range(11)]), "2 to 10 classes, not 11"),
     "same name twice": (_doc(classes=[_one_class(), _one_class()]), "names must differ"),
     "blank name": (_doc(classes=[_one_class(), _one_class(name="  ")]), "1 to 40 characters"),
-    "six examples": (_doc(classes=[_one_class(), _one_class(name="b", examples=[base64.b64encode(bytes(784)).decode()] * 6)]),
-                     "1 to 5"),
+    "six examples": (_doc(classes=[_one_class(), _one_class(name="b", examples=[_shot()] * 6)]), "1 to 5"),
     "no examples": (_doc(classes=[_one_class(), _one_class(name="b", examples=[])]), "1 to 5"),
-    "a short drawing": (_doc(classes=[_one_class(), _one_class(name="b", examples=[base64.b64encode(bytes(783)).decode()])]),
-                        "783 bytes"),
+    "a short drawing": (_doc(classes=[_one_class(), _one_class(name="b", examples=[_shot(783)])]), "783 bytes"),
     "not base64": (_doc(classes=[_one_class(), _one_class(name="b", examples=["%%%"])]), "not base64"),
     "classes not a list": (_doc(classes="circle"), "must be a list"),
     "too big": (b" " * 1_000_001, "the limit is 1,000,000"),
@@ -183,6 +185,15 @@ def test_a_malformed_taught_set_file_is_refused_with_a_clear_message(case):
 # --------------------------------------------------------------------------- the command line
 
 
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """``python -m lab ARGS`` in this process: exit status, stdout, stderr."""
+    from lab.cli import main
+
+    status = main(list(args))
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
 def test_predict_json_names_the_drawn_digit_with_probabilities_and_timings(tmp_path):
     image = tmp_path / "zero.png"
     im = Image.new("RGB", (200, 200), "white")
@@ -195,25 +206,36 @@ def test_predict_json_names_the_drawn_digit_with_probabilities_and_timings(tmp_p
     assert {"preprocess", "adapt", "predict", "load_model"} <= set(out["timings_ms"])
 
 
-def test_predict_with_a_taught_set_file_names_the_taught_symbol(tmp_path):
+def test_predict_with_a_taught_set_file_names_the_taught_symbol(tmp_path, capsys):
     (tmp_path / "taught.json").write_bytes(taught_circles_and_crosses().to_bytes())
     (tmp_path / "query.png").write_bytes(symbol("cross", 42))
-    out = json.loads(lab("predict", "--image", str(tmp_path / "query.png"), "--taught", str(tmp_path / "taught.json"),
-                         "--json").stdout)
+    status, out, _ = cli(capsys, "predict", "--image", str(tmp_path / "query.png"), "--taught",
+                         str(tmp_path / "taught.json"), "--json")
+    assert status == 0
+    out = json.loads(out)
     assert out["prediction"] == "cross" and set(out["probabilities"]) == {"circle", "cross"}
+
+
+def test_a_bad_image_makes_the_predict_process_exit_with_one_line_and_no_traceback(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_bytes(b"not an image at all\n")
+    proc = lab("predict", "--image", str(path), "--support", "digits", "--json", check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == "error: not an image: expected a PNG, JPEG, BMP, GIF or WebP file"
 
 
 @pytest.mark.parametrize(
     "name, content, message",
     [
         ("zero-byte.png", b"", "empty"),
-        ("text.png", b"not an image at all\n", "not an image"),
         ("blank.png", png(Image.new("RGB", (100, 100), "white")), "draw something first"),
         ("missing.png", None, "No such file"),
+        ("huge.png", b"\x89PNG" + bytes(5 * 2**20), "limit is 5 MB"),
         ("taught.json", b"{", "not JSON"),
     ],
+    ids=["zero-byte", "blank", "missing", "over-the-cap", "malformed-taught-set"],
 )
-def test_predict_on_bad_input_exits_with_one_line_and_no_traceback(tmp_path, name, content, message):
+def test_predict_on_bad_input_exits_with_one_line(tmp_path, capsys, name, content, message):
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content)
@@ -221,17 +243,23 @@ def test_predict_on_bad_input_exits_with_one_line_and_no_traceback(tmp_path, nam
     if name == "taught.json":
         (tmp_path / "q.png").write_bytes(symbol("circle", 0))
         args = ["--image", str(tmp_path / "q.png"), "--taught", str(path)]
-    proc = lab("predict", *args, "--support", "digits", "--json", check=False)
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert message in proc.stderr and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    status, out, err = cli(capsys, "predict", *args, "--support", "digits", "--json")
+    assert status == 2 and out == ""
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_export_strips_the_optimiser_and_predicts_as_the_run_does(tmp_path):
-    proc = lab("train", "--dataset", "digits", "--n-query", "5", "--steps", "5", "--val-every", "5", "--val-episodes",
-               "5", "--runs-dir", str(tmp_path), "--name", "tiny")
-    run_dir = Path(proc.stdout.strip().splitlines()[-1])
-    out = json.loads(lab("export", str(run_dir), "--out", str(tmp_path / "tiny.pt"), "--json").stdout)
-    assert out["bytes"] < (run_dir / "best.pt").stat().st_size and out["step"] == 5
+def test_export_strips_the_optimiser_and_predicts_as_the_run_does(tmp_path, capsys):
+    from lab import runs
+    from lab.config import TrainConfig
+    from lab.training import train
+
+    config = TrainConfig(dataset="digits", n_query=5, steps=5, val_every=5, val_episodes=5)
+    run_dir = runs.create_run(tmp_path, config, "tiny")
+    for _ in train(config, run_dir):
+        pass
+    status, out, _ = cli(capsys, "export", str(run_dir), "--out", str(tmp_path / "tiny.pt"), "--json")
+    out = json.loads(out)
+    assert status == 0 and out["bytes"] < (run_dir / "best.pt").stat().st_size and out["step"] == 5
     exported = torch.load(tmp_path / "tiny.pt", weights_only=True)
     assert "optimizer" not in exported
     support = digit_support(load_digit_bank("digits"), 2)
@@ -240,9 +268,11 @@ def test_export_strips_the_optimiser_and_predicts_as_the_run_does(tmp_path):
     assert np.array_equal(a, b)
 
 
-def test_default_names_the_shipped_model_in_eval():
-    out = json.loads(lab("eval", "default", "--dataset", "digits", "--n-way", "5", "--episodes", "20", "--json").stdout)
-    assert out["run"] == "default" and out["dataset"] == "digits" and 0.2 < out["accuracy"] <= 1
+def test_default_names_the_shipped_model_in_eval(capsys):
+    status, out, _ = cli(capsys, "eval", "default", "--dataset", "digits", "--n-way", "5", "--episodes", "20",
+                         "--json")
+    out = json.loads(out)
+    assert status == 0 and out["run"] == "default" and out["dataset"] == "digits" and 0.2 < out["accuracy"] <= 1
 
 
 @pytest.mark.slow
