@@ -16,7 +16,7 @@ runs_dir = default_runs_dir()
 if "watch_next" in st.session_state:
     st.session_state["watching"] = st.session_state.pop("watch_next")
 
-form, watch = st.columns([1, 2], gap="large")
+form, watch = st.columns([3, 5], gap="medium")
 with form, st.container(border=True):
     values = train_form()
     name = st.text_input("Run name", key="run_name", placeholder="automatic: algorithm-dataset-date")

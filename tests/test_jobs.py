@@ -10,6 +10,12 @@ from lab import jobs, runs
 from lab.config import TrainConfig
 from lab.runs import read_jsonl, read_status
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Workers compute on one thread: on a small shared machine two threads per run are far slower."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 TINY = dict(dataset="digits", n_query=3, meta_batch=1, val_episodes=5, seed=0)
 
 

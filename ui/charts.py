@@ -66,23 +66,26 @@ def _curve(fig, metrics, key, smoothing, color, name, row=None, col=None, legend
 
 
 def _validation(fig, metrics, color, name, row=None, col=None, legend=False):
-    """Meta-validation accuracy with its 95% confidence band."""
+    """Meta-validation accuracy with its 95% confidence band (an error bar while there is one point)."""
     steps, acc = series(metrics, "val_accuracy")
-    ci = [r.get("val_ci95") or 0.0 for r in metrics if isinstance(r.get("val_accuracy"), Real)]
+    ci = [r.get("val_ci95") or 0.0 for r in metrics if isinstance(r.get("val_accuracy"), Real) and "step" in r]
     at = dict(row=row, col=col) if row else {}
     if len(steps) > 1:
-        fig.add_trace(go.Scatter(x=steps + steps[::-1], y=[a + c for a, c in zip(acc, ci)] + [a - c for a, c in zip(acc, ci)][::-1],
-                                 mode="lines", fill="toself", fillcolor=_rgba(color, 0.15), line=dict(width=0), hoverinfo="skip",
+        upper = [min(1.0, a + c) for a, c in zip(acc, ci)]
+        lower = [max(0.0, a - c) for a, c in zip(acc, ci)]
+        fig.add_trace(go.Scatter(x=steps + steps[::-1], y=upper + lower[::-1], mode="lines", fill="toself",
+                                 fillcolor=_rgba(color, 0.15), line=dict(width=0), hoverinfo="skip",
                                  showlegend=False, name=f"{name} 95% CI"), **at)
     fig.add_trace(go.Scatter(x=steps, y=acc, mode="lines+markers", line=dict(color=color, width=2.2),
-                             marker=dict(size=6), name=name, showlegend=legend,
-                             customdata=ci, hovertemplate=f"%{{y:.1%}} ± %{{customdata:.1%}}<extra>{name}</extra>"), **at)
+                             marker=dict(size=6), name=name, showlegend=legend, customdata=ci,
+                             error_y=dict(type="data", array=ci, color=_rgba(color, 0.5)) if len(steps) == 1 else None,
+                             hovertemplate=f"%{{y:.1%}} ± %{{customdata:.1%}}<extra>{name}</extra>"), **at)
 
 
 def training_figure(metrics: list[dict], smoothing: float = 0.6, color: str = PALETTE[0]) -> go.Figure:
     """Four panels of one run: meta-training loss and accuracy, meta-validation accuracy with its
     95% band, and tasks per second."""
-    fig = make_subplots(rows=2, cols=2, vertical_spacing=0.17, horizontal_spacing=0.08,
+    fig = make_subplots(rows=2, cols=2, vertical_spacing=0.14, horizontal_spacing=0.08, shared_xaxes="all",
                         subplot_titles=(CURVES["loss"], CURVES["accuracy"], CURVES["val_accuracy"] + " (95% CI)",
                                         CURVES["tasks_per_s"]))
     _curve(fig, metrics, "loss", smoothing, color, "loss", 1, 1)
@@ -91,6 +94,11 @@ def training_figure(metrics: list[dict], smoothing: float = 0.6, color: str = PA
     _curve(fig, metrics, "tasks_per_s", smoothing, PALETTE[2], "tasks/s", 2, 2)
     for row, col in ((1, 2), (2, 1)):
         fig.update_yaxes(tickformat=".0%", row=row, col=col)
+    if len(series(metrics, "val_accuracy")[0]) < 2:
+        fig.update_yaxes(range=[0, 1.02], row=2, col=1)
+    if not series(metrics, "val_accuracy")[0]:
+        fig.add_annotation(text="after the first meta-validation", showarrow=False, x=0.5, y=0.5, xref="x3 domain",
+                           yref="y3 domain", font=dict(color="#9ca3af"))
     fig.update_xaxes(title_text="outer step", row=2)
     fig.update_annotations(font_size=14)
     fig = _style(fig, 560)

@@ -47,11 +47,22 @@ def progress_text(view: dict) -> tuple[float, str]:
     elapsed, eta = status.get("elapsed_s"), status.get("eta_s")
     if status.get("state") == "running" and eta is not None:  # the ETA counts down between metric lines
         eta = max(0.0, eta - (time.time() - status.get("updated", time.time())))
-    budget = f" within {config['minutes']:g} min" if config.get("minutes") else ""
-    text = f"Step {step:,} of {steps:,}{budget} · {progress:.0%} · elapsed {duration(elapsed)}"
+    limit = f"of {steps:,}" if not config.get("minutes") else f"(ends at {steps:,} steps or {config['minutes']:g} min)"
+    text = f"Step {step:,} {limit} · {progress:.0%} · elapsed {duration(elapsed)}"
     if status.get("state") == "running":
         text += f" · ETA {duration(eta)}"
     return float(min(max(progress, 0.0), 1.0)), text
+
+
+def percent(value: float) -> str:
+    return "100%" if value >= 0.9995 else f"{value:.1%}"
+
+
+def _change(vals: list[dict]) -> str | None:
+    """The change of validation accuracy since the previous validation, when there is one."""
+    if len(vals) < 2 or abs(vals[-1]["val_accuracy"] - vals[-2]["val_accuracy"]) < 0.0005:
+        return None
+    return f"{vals[-1]['val_accuracy'] - vals[-2]['val_accuracy']:+.1%}"
 
 
 def _numbers(metrics: list[dict]) -> None:
@@ -59,10 +70,10 @@ def _numbers(metrics: list[dict]) -> None:
     vals = [r for r in metrics if "val_accuracy" in r]
     cols = st.columns(4)
     cols[0].metric("Loss", f"{last['loss']:.3f}" if last else "–", border=True, help="Meta-training loss, last logged")
-    cols[1].metric("Train acc.", f"{last['accuracy']:.1%}" if last else "–", border=True,
+    cols[1].metric("Train acc.", percent(last["accuracy"]) if last else "–", border=True,
                    help="Query accuracy on the meta-training tasks, last logged")
-    cols[2].metric("Val. acc.", f"{vals[-1]['val_accuracy']:.1%}" if vals else "–", border=True,
-                   delta=f"{vals[-1]['val_accuracy'] - vals[-2]['val_accuracy']:+.1%}" if len(vals) > 1 else None,
+    cols[2].metric("Val. acc.", percent(vals[-1]["val_accuracy"]) if vals else "–", border=True,
+                   delta=_change(vals),
                    help=f"± {vals[-1]['val_ci95']:.1%} (95% CI) on the meta-validation classes" if vals else None)
     cols[3].metric("Tasks / s", f"{last['tasks_per_s']:.1f}" if last else "–", border=True)
 

@@ -52,7 +52,7 @@ COLUMNS = {
     "Test acc.": st.column_config.NumberColumn("Test acc.", format="percent", help="Latest meta-test on unseen classes"),
     "± CI": st.column_config.NumberColumn("± CI", format="percent", help="Half-width of the 95% confidence interval"),
     "Minutes": st.column_config.NumberColumn("Minutes", format="%.1f", help="Training time"),
-    "Created": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),
+    "Created": st.column_config.DatetimeColumn("Created", format="MMM D, HH:mm"),
 }
 
 
