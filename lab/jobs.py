@@ -58,10 +58,12 @@ def launch(run_dir: str | os.PathLike, resume: bool = False) -> int:
         command = [sys.executable, "-m", "lab", "resume" if resume else "run", str(run_dir)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        runs.write_status(run_dir, "queued", pid=None, error=None)
         with open(run_dir / LOG_FILE, "ab") as log:
             proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-        runs.write_status(run_dir, "queued", pid=proc.pid, host=socket.gethostname(), error=None)
+        if runs.read_json(run_dir / "status.json", {}).get("state") == "queued":  # unless the worker got further
+            runs.write_status(run_dir, "queued", pid=proc.pid, host=socket.gethostname())
     # Reap the worker when it ends, so a finished worker never lingers as a zombie of this process.
     threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
     return proc.pid
