@@ -6,6 +6,8 @@ st.set_page_config(page_title="Meta-Learning Lab", page_icon="🧪", layout="wid
 
 pages = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/meta_train.py", title="Meta-Train", icon=":material/rocket_launch:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
     st.Page("pages/draw.py", title="Draw & Predict", icon="✏️"),
 ]
 st.navigation(pages).run()

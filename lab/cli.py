@@ -137,6 +137,26 @@ def cmd_resume(args) -> int:
     return _drive(config, run_dir, resume=True, world=world)
 
 
+def cmd_run(args) -> int:
+    from lab.jobs import run_queued
+    from lab.training import NonFiniteLoss
+
+    run_dir = Path(args.run_dir)
+    try:
+        for record in run_queued(run_dir):
+            if "val_accuracy" in record:
+                print(f"step {record['step']}: loss {record['loss']:.4f}, accuracy {record['accuracy']:.3f}, "
+                      f"meta-validation {record['val_accuracy']:.3f}", file=sys.stderr)
+    except NonFiniteLoss as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    status = runs.read_status(run_dir)
+    print(f"{status['state']} at step {status.get('step')}; best meta-validation accuracy "
+          f"{status.get('best_val_accuracy')}", file=sys.stderr)
+    print(run_dir)
+    return 0
+
+
 def cmd_runs(args) -> int:
     rows = runs.list_runs(args.runs_dir or runs.default_runs_dir())
     if args.json:
@@ -152,25 +172,14 @@ def cmd_runs(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from lab.data import load_dataset
-    from lab.device import pick_device
-    from lab.evaluation import meta_test
-
+    from lab.evaluation import evaluate_run
     from lab.predict import resolve_model
 
-    device = pick_device(args.device)
-    config, model = runs.load_model(resolve_model(args.run), device=device)
-    dataset_name = args.dataset or config.dataset
-    same = dataset_name == config.dataset
-    dataset = load_dataset(dataset_name, args.data_dir or (config.data_dir if same else None),
-                           config.split_scheme if same else None)
-    split = args.split or ("test" if same else "all")
-    result = meta_test(model, dataset.pool(split), args.n_way or config.n_way, args.k_shot or config.k_shot,
-                       args.n_query, args.episodes, args.seed, device)
-    result.pop("per_episode")
-    result.update(split=split, dataset=dataset_name, run=str(args.run))
-    if Path(args.run).is_dir():
-        runs.append_jsonl(Path(args.run) / "evaluations.jsonl", result)
+    result = evaluate_run(resolve_model(args.run), dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+                          n_way=args.n_way, k_shot=args.k_shot, n_query=args.n_query, episodes=args.episodes,
+                          seed=args.seed, device=args.device)
+    result["run"] = str(args.run)
+    dataset_name, split = result["dataset"], result["split"]
     if args.json:
         _print_json(result)
     else:
@@ -303,6 +312,10 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("resume", help="continue a stopped or interrupted run from its last checkpoint")
     q.add_argument("run_dir")
     q.set_defaults(func=cmd_resume)
+
+    q = sub.add_parser("run", help="train a run folder from its config.json (what the lab's pages start)")
+    q.add_argument("run_dir")
+    q.set_defaults(func=cmd_run)
 
     q = sub.add_parser("runs", help="list the runs of a runs folder")
     q.add_argument("--runs-dir")

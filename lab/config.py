@@ -78,3 +78,89 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"config: unknown field(s) {', '.join(unknown)}")
         return cls(**data)
+
+
+# --------------------------------------------------------------------------- form fields
+
+
+@dataclass(frozen=True)
+class HparamField:
+    """One hyper-parameter of an algorithm, described for a form: a page builds its widget from this."""
+
+    name: str
+    kind: str  # 'int', 'float', 'str', 'bool', or 'json' for anything else
+    default: object
+    choices: tuple = ()  # the accepted values when the field only takes a few
+    optional: bool = False  # None is accepted
+    help: str = ""
+
+
+def field_comments(cls) -> dict[str, str]:
+    """``name: type = default  # comment`` lines of a dataclass's source, as {name: comment}."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    return {m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.M)}
+
+
+def _probe_choices(cls, name: str) -> tuple:
+    """The values a str field accepts, when its validation names them ('must be 'a' or 'b'').
+
+    Each candidate quoted in the refusal of a made-up value is kept only if the dataclass accepts it.
+    """
+    import re
+
+    probe = "\x00not-a-choice"
+    try:
+        cls(**{name: probe})
+        return ()
+    except (ValueError, TypeError) as err:
+        candidates = re.findall(r"'([^'\x00]+)'", str(err))
+    accepted = []
+    for value in dict.fromkeys(candidates):
+        try:
+            cls(**{name: value})
+            accepted.append(value)
+        except (ValueError, TypeError):
+            continue
+    return tuple(accepted)
+
+
+def hparam_fields(algorithm: str) -> list[HparamField]:
+    """The hyper-parameters of a registered algorithm as form fields, read from its ``Hparams`` dataclass.
+
+    Choices come from ``field(metadata={"choices": ...})``, a ``Literal`` annotation, or the values the
+    field's validation names; help comes from ``metadata["help"]`` or the comment after the field.
+    """
+    import typing
+
+    from lab.algorithms import REGISTRY
+
+    if algorithm not in REGISTRY:
+        raise ValueError(f"algorithm: unknown {algorithm!r}; choose one of {', '.join(REGISTRY)}")
+    cls = REGISTRY[algorithm].Hparams
+    hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
+    defaults = cls()
+    out = []
+    for f in dataclasses.fields(cls):
+        hint, optional = hints.get(f.name, type(None)), False
+        args = typing.get_args(hint)
+        if type(None) in args:
+            optional = True
+            rest = [a for a in args if a is not type(None)]
+            hint = rest[0] if len(rest) == 1 else object
+        choices = tuple(f.metadata.get("choices", ()))
+        if typing.get_origin(hint) is typing.Literal:
+            choices = choices or typing.get_args(hint)
+            hint = type(choices[0])
+        kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(hint, "json")
+        if kind == "str" and not choices:
+            choices = _probe_choices(cls, f.name)
+        out.append(HparamField(f.name, kind, getattr(defaults, f.name), tuple(choices), optional,
+                               f.metadata.get("help") or comments.get(f.name, "")))
+    return out

@@ -75,3 +75,70 @@ def compare_models(model_a, model_b, pool, n_way: int, k_shot: int, n_query: int
     out = paired_comparison(episode_accuracies(model_a, stream, device), episode_accuracies(model_b, stream, device))
     out.update(n_way=n_way, k_shot=k_shot, n_query=n_query, seed=seed)
     return out
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _test_pool(config, dataset: str | None, data_dir: str | None, split: str | None):
+    """The pool a run is meta-tested on: its own dataset's test split, or all classes of another."""
+    from lab.data import load_dataset
+
+    name = dataset or config.dataset
+    same = name == config.dataset
+    data = load_dataset(name, data_dir or (config.data_dir if same else None), config.split_scheme if same else None)
+    split = split or ("test" if same else "all")
+    return name, split, data.pool(split)
+
+
+def evaluate_run(run, *, dataset: str | None = None, data_dir: str | None = None, split: str | None = None,
+                 n_way: int | None = None, k_shot: int | None = None, n_query: int = 15, episodes: int = 1000,
+                 seed: int = 0, device: str = "auto", record: bool = True) -> dict:
+    """Meta-test a run folder (or checkpoint file) on never-seen classes: accuracy ± 95% CI.
+
+    Defaults: the run's own dataset, test split, N-way and K-shot. A run folder records the
+    result in its ``evaluations.jsonl``.
+    """
+    from pathlib import Path
+
+    from lab import runs
+    from lab.device import pick_device
+
+    torch_device = pick_device(device)
+    config, model = runs.load_model(run, device=torch_device)
+    name, split, pool = _test_pool(config, dataset, data_dir, split)
+    result = meta_test(model, pool, n_way or config.n_way, k_shot or config.k_shot, n_query, episodes, seed,
+                       torch_device)
+    result.pop("per_episode")
+    result.update(split=split, dataset=name, run=str(run))
+    if record and Path(run).is_dir():
+        runs.append_jsonl(Path(run) / "evaluations.jsonl", result)
+    return result
+
+
+def compare_runs(run_dirs: list, *, n_query: int = 15, episodes: int = 600, seed: int = 0,
+                 device: str = "auto") -> dict:
+    """Two or more runs on the same test episodes (the first run's dataset, split, N-way, K-shot).
+
+    Returns each run's accuracy ± 95% CI and, for every other run, its paired difference to the
+    first with the interval of that difference.
+    """
+    from pathlib import Path
+
+    from lab import runs
+    from lab.device import pick_device
+
+    if len(run_dirs) < 2:
+        raise ValueError("compare needs at least two runs")
+    torch_device = pick_device(device)
+    loaded = [runs.load_model(r, device=torch_device) for r in run_dirs]
+    reference = loaded[0][0]
+    name, split, pool = _test_pool(reference, None, None, None)
+    check_request(pool, reference.n_way, reference.k_shot, n_query)
+    stream = episode_stream(pool, reference.n_way, reference.k_shot, n_query, episodes, seed)
+    accs = [episode_accuracies(model, stream, torch_device) for _, model in loaded]
+    names = [Path(r).name for r in run_dirs]
+    per_run = [{"run": n, "accuracy": mean_ci95(a)[0], "ci95": mean_ci95(a)[1]} for n, a in zip(names, accs)]
+    pairs = [{"run_a": names[i], "run_b": names[0], **paired_comparison(accs[i], accs[0])} for i in range(1, len(accs))]
+    return {"dataset": name, "split": split, "n_way": reference.n_way, "k_shot": reference.k_shot,
+            "n_query": n_query, "episodes": episodes, "seed": seed, "runs": per_run, "pairs": pairs}

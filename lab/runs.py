@@ -147,9 +147,11 @@ def _alive(pid: int) -> bool:
 
 
 def read_status(run_dir: Path) -> dict:
-    """The run's status; a 'running' run whose process is gone reads as 'interrupted'."""
+    """The run's status; a 'running' run whose process is gone reads as 'interrupted' (so does a
+    'queued' one whose launched worker died before it started training)."""
     status = read_json(Path(run_dir) / "status.json", {"state": "failed", "error": "status.json is missing or unreadable"})
-    if status.get("state") == "running" and status.get("host") == socket.gethostname():
+    owned = status.get("state") == "running" or (status.get("state") == "queued" and status.get("pid"))
+    if owned and status.get("host") == socket.gethostname():
         if not _alive(int(status.get("pid", -1))):
             status["state"] = "interrupted"
     return status

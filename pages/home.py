@@ -4,6 +4,8 @@ import streamlit as st
 
 from lab.data import dataset_status
 from lab.device import describe_device
+from lab.runs import default_runs_dir, list_runs
+from ui.run_sections import COLUMNS, runs_frame, styled
 
 st.title("Meta-Learning Lab")
 st.write(
@@ -26,3 +28,13 @@ st.dataframe(rows, hide_index=True, width="stretch")
 if not all(r["available"] == "yes" for r in rows):
     st.info("Set LAB_DATA_DIR to a folder holding omniglot-py/ and MNIST/raw/ to use Omniglot and MNIST. "
             "The bundled digits dataset always works.")
+
+st.subheader("Latest runs")
+latest = list_runs(default_runs_dir())[:5]
+if latest:
+    frame = runs_frame(latest)[["Run", "Status", "Algorithm", "Dataset", "Task", "Step", "Best val.", "Test acc.", "Created"]]
+    st.dataframe(styled(frame), hide_index=True, width="stretch", column_config=COLUMNS, placeholder="–")
+    st.page_link("pages/runs.py", label="All runs", icon=":material/arrow_forward:")
+else:
+    st.caption("No runs yet.")
+st.page_link("pages/meta_train.py", label="Launch a meta-training run", icon=":material/rocket_launch:")

@@ -1,0 +1,263 @@
+"""The lab's pages driven through ``app.py``'s navigation with AppTest, on real runs."""
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from lab import jobs, runs
+from lab.algorithms import REGISTRY
+from lab.algorithms.protonet import ProtoNet
+from lab.config import TrainConfig, hparam_fields
+from lab.training import train
+from ui.charts import internals_figure, overlay_figure, smooth
+from ui.forms import config_query
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(dataset="digits", n_query=3, meta_batch=1, steps=6, val_every=3, val_episodes=5, log_every=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Workers and the pages compute on one thread: on a small shared machine two are far slower."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two short finished digits runs (trained in this process), the older first."""
+    base = tmp_path_factory.mktemp("pair")
+    out, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, seed in (("pair-a", 0), ("pair-b", 1)):
+            config = TrainConfig(**TINY, seed=seed)
+            run_dir = runs.create_run(base, config, name)
+            list(train(config, run_dir))
+            out.append(run_dir)
+    finally:
+        torch.set_num_threads(threads)
+    return base, out
+
+
+def open_page(page=None, query=None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    if page:
+        at.query_params.update(query or {})
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def button(at, label: str):
+    return next(b for b in at.button if b.label.startswith(label))
+
+
+def chart_traces(at, key) -> list[dict]:
+    chart = next(c for c in at.get("plotly_chart") if key in c.proto.id)
+    return json.loads(chart.proto.spec)["data"]
+
+
+def test_the_home_page_lists_the_latest_runs(two_runs, monkeypatch):
+    monkeypatch.setenv("LAB_RUNS_DIR", str(two_runs[0]))
+    at = open_page()
+    latest = at.dataframe[1].value
+    assert list(latest["Run"]) == ["pair-b", "pair-a"]  # newest first
+    assert set(latest["Status"]) == {"● finished"}
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("n_way", 30, "30-way episodes need 30 classes"),
+        ("n_query", 400, "images per class"),
+        ("meta_lr", 0.0, "meta_lr: must be positive"),
+        ("dataset", "folder", "needs the image folder"),
+    ],
+)
+def test_the_meta_train_form_refuses_what_cannot_train_before_launching(runs_dir, setting, value, message):
+    at = open_page("meta_train")
+    widget = at.selectbox(key=setting) if setting == "dataset" else at.number_input(key=setting)
+    widget.set_value(value).run()
+    button(at, "Launch").click().run()
+    assert not at.exception
+    assert message in at.error[0].value and at.error[0].value.startswith("Not launched")
+    assert not any(runs_dir.iterdir())
+
+
+def test_a_link_with_bad_values_opens_the_form_with_defaults(runs_dir):
+    at = open_page("meta_train", {"n_way": "abc", "algorithm": "nonexistent", "steps": "250"})
+    assert at.number_input(key="n_way").value == 5 and at.selectbox(key="algorithm").value == "protonet"
+    assert at.number_input(key="steps").value == 250
+
+
+def test_a_run_launched_from_the_form_trains_in_its_own_process_and_is_listed(runs_dir):
+    at = open_page("meta_train", {k: str(v) for k, v in TINY.items()})
+    at.text_input(key="run_name").input("from-form").run()
+    button(at, "Launch").click().run()
+    assert not at.error, at.error[0].value
+    run_dir = runs_dir / "from-form"
+    assert at.selectbox(key="watching").value == "from-form"
+    assert json.loads((run_dir / "config.json").read_text()) == TrainConfig(**TINY).to_dict()
+    assert runs.read_status(run_dir)["pid"] != os.getpid()  # a worker process, not this one
+    deadline = time.monotonic() + 180
+    while jobs.is_active(runs.read_status(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert runs.read_status(run_dir)["state"] == "finished", jobs.log_tail(run_dir)
+
+    at.run()
+    assert "Step 6 of 6" in at.get("progress")[0].proto.text
+    assert [t["name"] for t in chart_traces(at, "live.chart") if t.get("showlegend") is not False] == []
+    at.switch_page("pages/runs.py").run()
+    table = at.dataframe[0].value
+    assert list(table["Run"]) == ["from-form"] and list(table["Status"]) == ["● finished"]
+    assert list(table["Step"]) == [6] and table["Best val."][0] > 0.2
+
+    at.number_input(key="mt.episodes").set_value(20).run()
+    button(at, "Meta-test").click().run()
+    evaluations = runs.read_jsonl(run_dir / "evaluations.jsonl")
+    assert len(evaluations) == 1 and evaluations[0]["episodes"] == 20 and evaluations[0]["split"] == "test"
+    assert f"{evaluations[0]['accuracy']:.2%}" in at.metric[-1].value
+
+
+def test_the_runs_page_overlays_runs_and_compares_them_on_the_same_episodes(two_runs, monkeypatch):
+    monkeypatch.setenv("LAB_RUNS_DIR", str(two_runs[0]))
+    at = open_page("runs")
+    assert at.multiselect(key="overlay").value == ["pair-b", "pair-a"]
+    assert {t["name"] for t in chart_traces(at, "overlay.chart") if t.get("showlegend")} == {"pair-a", "pair-b"}
+    at.number_input(key="cmp.episodes").set_value(40).run()
+    button(at, "Compare on the same test episodes").click().run()
+    table = at.dataframe[1].value
+    assert list(table["Run"]) == ["pair-b", "pair-a"]
+    # on paired episodes the mean difference is the difference of the means
+    assert table.iloc[1, 3] == pytest.approx(table["Test accuracy"][1] - table["Test accuracy"][0])
+    assert table.iloc[1, 4] > 0 and pd_isna(table.iloc[0, 3])
+
+
+def pd_isna(value) -> bool:
+    return value is None or value != value
+
+
+def test_new_run_from_a_config_opens_the_form_filled_in(two_runs, monkeypatch):
+    monkeypatch.setenv("LAB_RUNS_DIR", str(two_runs[0]))
+    at = open_page("runs", {"detail": "pair-b"})
+    assert at.code[0].value.startswith("/meta_train?") and "seed=1" in at.code[0].value  # pair-b's seed
+    button(at, "New run from this config").click().run()
+    assert at.title[0].value == "Meta-Train"
+    assert at.number_input(key="seed").value == 1 and at.number_input(key="steps").value == 6
+    assert at.number_input(key="n_query").value == 3 and at.number_input(key="val_episodes").value == 5
+
+
+def test_deleting_a_run_asks_for_confirmation_first(runs_dir):
+    run_dir = runs.create_run(runs_dir, TrainConfig(**TINY), "doomed")
+    runs.write_status(run_dir, "stopped")
+    at = open_page("runs")
+    button(at, "Delete this run").click().run()
+    assert "cannot be undone" in at.warning[0].value and run_dir.exists()
+    button(at, "Delete permanently").click().run()
+    assert not run_dir.exists()
+    assert "No runs yet" in at.info[0].value
+
+
+@dataclass(frozen=True)
+class ToyHparams:
+    inner_steps: int = 3  # adaptation steps per task
+    inner_lr: float = 0.4  # step size of the inner loop
+    first_order: bool = False  # drop second derivatives
+    head: Literal["linear", "cosine"] = "linear"
+    init: str = field(default="zeros", metadata={"choices": ("zeros", "random")})
+    mode: str = "fast"  # validated against a set
+
+    def __post_init__(self):
+        if self.mode not in ("fast", "exact"):
+            raise ValueError(f"mode: must be 'fast' or 'exact', not {self.mode!r}")
+
+
+class ToyLearner(ProtoNet):
+    name = "toy-learner"
+    summary = "A learner registered after the pages were written."
+    Hparams = ToyHparams
+
+    def internals(self):
+        return {"inner_lr_per_layer": {"conv1": 0.1, "conv2": 0.2}, "steps": [1.0, 0.5, 0.25]}
+
+
+def test_an_algorithm_registered_later_gets_its_own_form_fields(runs_dir, monkeypatch):
+    monkeypatch.setitem(REGISTRY, ToyLearner.name, ToyLearner)
+    fields = {f.name: f for f in hparam_fields(ToyLearner.name)}
+    assert [(f.kind, f.choices) for f in fields.values()] == [
+        ("int", ()), ("float", ()), ("bool", ()), ("str", ("linear", "cosine")), ("str", ("zeros", "random")),
+        ("str", ("fast", "exact"))]
+    assert fields["inner_lr"].help == "step size of the inner loop"
+
+    at = open_page("meta_train", {"algorithm": ToyLearner.name, f"{ToyLearner.name}.inner_steps": "5"})
+    assert at.number_input(key="toy-learner.inner_steps").value == 5
+    assert at.number_input(key="toy-learner.inner_lr").value == pytest.approx(0.4)
+    assert at.toggle(key="toy-learner.first_order").value is False
+    assert at.selectbox(key="toy-learner.mode").options == ["fast", "exact"]
+    at.number_input(key="steps").set_value(3).run()
+    at.text_input(key="run_name").input("toy").run()
+    at.selectbox(key="toy-learner.head").set_value("cosine").run()
+    at.number_input(key="n_way").set_value(30).run()  # refused before launching: no worker needs the toy
+    button(at, "Launch").click().run()
+    assert "30-way" in at.error[0].value
+
+    config = TrainConfig(algorithm=ToyLearner.name, **TINY, hparams={"head": "cosine"})
+    model = ToyLearner(ToyLearner.make_hparams(config.hparams), 5)
+    run_dir = runs.create_run(runs_dir, config, "toy")
+    runs.save_checkpoint(run_dir / "best.pt", model, None, config, step=0)
+    runs.write_status(run_dir, "finished")
+    at = open_page("runs")
+    labels = [m.value for m in at.markdown]
+    assert "**inner lr per layer**" in labels and "**steps**" in labels
+
+
+def test_the_config_link_round_trips_every_field():
+    config = TrainConfig(dataset="omniglot", split_scheme="background", n_way=20, k_shot=5, train_way=60,
+                         meta_lr=3e-4, minutes=2.5, seed=7, hparams={"distance": "cosine"})
+    query = config_query(config.to_dict())
+    assert query["split_scheme.omniglot"] == "background" and query["protonet.distance"] == "cosine"
+    assert query["minutes"] == "2.5" and "data_dir" not in query
+
+
+def test_smoothing_keeps_the_first_point_and_tends_to_the_mean():
+    assert smooth([1.0, 3.0], 0.0) == [1.0, 3.0]
+    out = smooth([2.0] * 5 + [float("nan")], 0.9)
+    assert out[:5] == pytest.approx([2.0] * 5) and out[5] is None
+
+
+def test_the_overlay_draws_one_named_curve_per_run_and_a_band_for_validation():
+    metrics = [{"step": s, "loss": 1 / s, "val_accuracy": 0.5, "val_ci95": 0.1} for s in (1, 2, 3)]
+    fig = overlay_figure({"a": metrics, "b": metrics}, "val_accuracy")
+    assert [t.name for t in fig.data if t.showlegend] == ["a", "b"] and sum(t.fill == "toself" for t in fig.data) == 2
+    fig = overlay_figure({"a": metrics}, "loss", smoothing=0.5)
+    assert [t.name for t in fig.data if t.showlegend] == ["a"]
+
+
+@pytest.mark.parametrize(
+    "value, bars",
+    [({"conv1": 0.1, "conv2": 0.3}, 1), ({"learned": {"w": 1.0}, "sgd": {"w": 2.0}}, 2), ([0.1, 0.2], 0),
+     ("text", None), ({"nested": [1, 2]}, None)],
+)
+def test_internals_are_drawn_when_they_have_a_shape_we_know(value, bars):
+    fig = internals_figure(value)
+    assert (fig is None) == (bars is None)
+    if fig is not None:
+        assert sum(t.type == "bar" for t in fig.data) == bars
