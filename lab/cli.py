@@ -138,18 +138,23 @@ def cmd_resume(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from lab.config import TrainConfig
+    from lab.distributed import init_from_env
     from lab.jobs import run_queued
     from lab.training import NonFiniteLoss
 
     run_dir = Path(args.run_dir)
+    world = init_from_env(TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {}).device)
     try:
-        for record in run_queued(run_dir):
-            if "val_accuracy" in record:
+        for record in run_queued(run_dir, world):
+            if "val_accuracy" in record and world.is_main:
                 print(f"step {record['step']}: loss {record['loss']:.4f}, accuracy {record['accuracy']:.3f}, "
                       f"meta-validation {record['val_accuracy']:.3f}", file=sys.stderr)
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if not world.is_main:
+        return 0
     status = runs.read_status(run_dir)
     print(f"{status['state']} at step {status.get('step')}; best meta-validation accuracy "
           f"{status.get('best_val_accuracy')}", file=sys.stderr)

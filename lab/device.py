@@ -36,3 +36,8 @@ def describe_device(device: torch.device | None = None) -> dict:
     if device.type == "mps":
         return {"kind": "mps", "name": "Apple GPU (MPS)", "memory_gib": None}
     return {"kind": "cpu", "name": f"CPU ({torch.get_num_threads()} threads)", "memory_gib": None}
+
+
+def gpu_count() -> int:
+    """How many CUDA GPUs this machine has (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -45,17 +45,20 @@ def _launch_lock(run_dir: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def launch(run_dir: str | os.PathLike, resume: bool = False) -> int:
+def launch(run_dir: str | os.PathLike, resume: bool = False, processes: int = 1) -> int:
     """Start the worker of ``run_dir`` in its own session; returns its process id.
 
-    Refuses (``ValueError``) when a worker already owns the run.
+    With ``processes`` > 1 the worker is ``torchrun`` with that many training processes (one per
+    GPU, or Gloo processes on the CPU). Refuses (``ValueError``) when a worker already owns the run.
     """
     run_dir = Path(run_dir).resolve()
     with _launch_lock(run_dir):
         status = runs.read_status(run_dir)
         if is_active(status):
             raise ValueError(f"{run_dir.name} is already {status['state']} (process {status.get('pid')})")
-        command = [sys.executable, "-m", "lab", "resume" if resume else "run", str(run_dir)]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        command = [*(launcher if processes > 1 else [sys.executable]), "-m", "lab", "resume" if resume else "run",
+                   str(run_dir)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
         runs.write_status(run_dir, "queued", pid=None, error=None)
@@ -69,7 +72,7 @@ def launch(run_dir: str | os.PathLike, resume: bool = False) -> int:
     return proc.pid
 
 
-def start(runs_dir: str | os.PathLike, config, name: str | None = None) -> Path:
+def start(runs_dir: str | os.PathLike, config, name: str | None = None, processes: int = 1) -> Path:
     """Check that ``config`` can be trained here, create its run folder and start its worker.
 
     Every refusal (impossible episodes, missing data, absent device, taken name) is raised as
@@ -80,8 +83,10 @@ def start(runs_dir: str | os.PathLike, config, name: str | None = None) -> Path:
 
     check_config(config)
     pick_device(config.device)
+    if processes < 1 or config.meta_batch % processes:
+        raise ValueError(f"meta_batch {config.meta_batch} must be divisible by the number of processes {processes}")
     run_dir = runs.create_run(runs_dir, config, name)
-    launch(run_dir)
+    launch(run_dir, processes=processes)
     return run_dir
 
 
@@ -105,30 +110,37 @@ def resume(run_dir: str | os.PathLike) -> int:
     state = runs.read_status(run_dir).get("state")
     if state not in RESUMABLE:
         raise ValueError(f"{run_dir.name} is {state}: only a stopped or interrupted run can be resumed")
-    return launch(run_dir, resume=(run_dir / "last.pt").exists())
+    status = runs.read_status(run_dir)
+    return launch(run_dir, resume=(run_dir / "last.pt").exists(), processes=int(status.get("world_size") or 1))
 
 
-def run_queued(run_dir: str | os.PathLike):
+def run_queued(run_dir: str | os.PathLike, world=None):
     """The worker's side of :func:`launch`: train a run folder from its ``config.json``.
 
     Yields the step records of :func:`lab.training.train`. Any error ends the run as failed with
-    its message, including those raised before training starts (a dataset gone missing).
+    its message, including those raised before training starts (a dataset gone missing). Under
+    ``torchrun`` (``world``) the launcher is the worker's parent, and rank 0 alone checks and writes.
     """
     from lab.config import TrainConfig
     from lab.training import train
 
+    from lab.distributed import World
+
+    world = world or World()
     run_dir = Path(run_dir)
-    status = runs.read_status(run_dir)
-    if status.get("state") == "running" or (status.get("state") == "queued" and status.get("pid") not in (None, os.getpid())):
+    status = runs.read_status(run_dir) if world.is_main else {}
+    owners = (None, os.getpid(), os.getppid() if world.distributed else None)
+    if status.get("state") == "running" or (status.get("state") == "queued" and status.get("pid") not in owners):
         raise ValueError(f"{run_dir} is already being trained by process {status.get('pid')}")
     if status.get("state") == "finished":
         raise ValueError(f"{run_dir} has finished; start a new run from its config instead")
     try:
         config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {})
-        runs.truncate_metrics(run_dir, 0)  # a restart from scratch repeats the steps logged before
+        if world.is_main:
+            runs.truncate_metrics(run_dir, 0)  # a restart from scratch repeats the steps logged before
         yield from train(config, run_dir)
     except BaseException as err:
-        if runs.read_status(run_dir).get("state") != "failed" and not isinstance(err, (KeyboardInterrupt, GeneratorExit)):
+        if world.is_main and runs.read_status(run_dir).get("state") != "failed" and not isinstance(err, (KeyboardInterrupt, GeneratorExit)):
             runs.write_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
         raise
 

@@ -5,6 +5,7 @@ import streamlit as st
 from lab import jobs
 from lab.config import TrainConfig
 from lab.data import DatasetUnavailable
+from lab.device import gpu_count
 from lab.runs import default_runs_dir, list_runs, run_path
 from ui.forms import train_form
 from ui.live import live_panel
@@ -20,10 +21,13 @@ form, watch = st.columns([3, 5], gap="medium")
 with form, st.container(border=True):
     values = train_form()
     name = st.text_input("Run name", key="run_name", placeholder="automatic: algorithm-dataset-date")
+    gpus = gpu_count()
+    processes = st.number_input("Processes / GPUs", 1, gpus, 1, help="Shares each meta-batch across GPUs with "
+                                "torchrun; the meta-batch must be divisible by it.") if gpus > 1 else 1
     if st.button("Launch meta-training", type="primary", icon=":material/rocket_launch:", width="stretch"):
         try:
             with st.spinner("Checking the configuration against the data…"):
-                run_dir = jobs.start(runs_dir, TrainConfig(**values), name.strip() or None)
+                run_dir = jobs.start(runs_dir, TrainConfig(**values), name.strip() or None, processes=processes)
         except (ValueError, DatasetUnavailable) as err:
             st.error(f"Not launched: {err}", icon=":material/block:")
         else:

@@ -133,3 +133,18 @@ def test_a_killed_torchrun_job_resumes_from_its_checkpoint(tmp_path):
     after = [r["step"] for r in runs.read_jsonl(run_dir / "metrics.jsonl")]
     assert after == list(range(1, checkpoint_step + 6))  # lines up to the checkpoint kept, then continued
     assert runs.read_status(run_dir)["state"] == "finished"
+
+
+def test_a_run_launched_with_two_processes_trains_through_torchrun(tmp_path):
+    from lab import jobs
+
+    config = TrainConfig(dataset="digits", n_query=5, meta_batch=4, steps=6, val_every=3, val_episodes=5, log_every=3)
+    run_dir = jobs.start(tmp_path, config, "two-procs", processes=2)
+    deadline = time.time() + 240
+    while time.time() < deadline and runs.read_status(run_dir)["state"] in ("queued", "running"):
+        time.sleep(0.5)
+    status = runs.read_status(run_dir)
+    assert status["state"] == "finished", (run_dir / "worker.log").read_text()[-2000:]
+    assert status["world_size"] == 2 and status["step"] == 6
+    with pytest.raises(ValueError, match="divisible by the number of processes 3"):
+        jobs.start(tmp_path, config, "three-procs", processes=3)
