@@ -268,7 +268,12 @@ def _parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("bench", help="benchmarks: speed and memory")
     common(q)
-    q.add_argument("what", choices=("data",))
+    q.add_argument("what", choices=("data", "algorithms"))
+    q.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="algorithms: where to measure")
+    q.add_argument("--algorithms", help="algorithms: a comma-separated subset (default: all)")
+    q.add_argument("--meta-batch", type=int, help="algorithms: tasks per step (default: 32 on CUDA, 4 elsewhere)")
+    q.add_argument("--reps", type=int, help="algorithms: timed steps per configuration (default: 5 on CUDA, 3 elsewhere)")
+    q.add_argument("--threads", type=int, help="algorithms: CPU intra-op threads for both (default: 1)")
     q.set_defaults(func=cmd_bench)
     return p
 
