@@ -142,7 +142,132 @@ def bench_predict(args) -> dict:
     }
 
 
-BENCHES = {"data": bench_data, "distributed": bench_distributed, "predict": bench_predict}
+ALGORITHM_CONFIGS = (  # (algorithm, n_way, k_shot, inner_steps); 5-way 1-shot, 15 queries per class
+    ("maml", 5, 1, 5), ("fomaml", 5, 1, 5), ("anil", 5, 1, 5), ("metasgd", 5, 1, 5),
+    ("learned-opt", 5, 1, 5), ("reptile", 5, 1, 5), ("metanet", 5, 1, 0),
+)
+
+
+def _peak_rss_during(fn) -> float:
+    """Run ``fn`` and return how far the resident memory rose above its start, in MB (sampled every 2 ms)."""
+    import threading
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    try:  # hand freed memory back first, so the baseline is what is really in use
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    base, peak, done = rss(), [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], rss())
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        watcher.join()
+    return max(peak[0], rss()) - base
+
+
+def bench_algorithms(args) -> list[dict]:
+    """Each meta-learner's meta-training step (loss, backward, optimizer step) against the plain
+    per-task loop of :mod:`lab.algorithms.reference`, on the same episodes, in this process.
+
+    tasks/s is the best of ``--reps`` timed steps of each (interleaved, after one warm-up);
+    peak memory is measured on a separate step (CUDA: peak allocated; CPU: peak resident
+    growth). CPU timings use ``--threads`` intra-op threads (default 1) for both.
+    """
+    import numpy as np
+    import torch
+
+    from lab.algorithms import REGISTRY
+    from lab.algorithms.reference import reference_backward
+    from lab.data import DatasetUnavailable, load_dataset
+    from lab.device import describe_device, pick_device
+    from lab.episodes import sample_batch
+
+    device = pick_device(getattr(args, "device", "auto"))
+    cuda = device.type == "cuda"
+    if not cuda:
+        torch.set_num_threads(getattr(args, "threads", None) or 1)
+    meta_batch = getattr(args, "meta_batch", None) or (32 if cuda else 4)
+    reps = getattr(args, "reps", None) or (5 if cuda else 3)
+    wanted = getattr(args, "algorithms", None)
+    try:
+        pool = load_dataset("omniglot", args.data_dir).pool("train")
+    except DatasetUnavailable:
+        pool = load_dataset("digits").pool("train")
+    rows = []
+    for name, n_way, k_shot, inner_steps in ALGORITHM_CONFIGS:
+        if wanted and name not in wanted.split(","):
+            continue
+        cls = REGISTRY[name]
+        torch.manual_seed(0)
+        model = cls(cls.make_hparams({"inner_steps": inner_steps} if inner_steps else {}), n_way).to(device)
+        optimizer = model.configure_optimizer(1e-4)
+        batches = [sample_batch(pool, n_way, k_shot, 15, meta_batch, np.random.default_rng(i), device)
+                   for i in range(reps + 2)]
+
+        def ours(batch):
+            optimizer.zero_grad(set_to_none=True)
+            model.outer_loss(batch).loss.backward()
+            optimizer.step()
+
+        def reference(batch):
+            optimizer.zero_grad(set_to_none=True)
+            reference_backward(model, batch)
+            optimizer.step()
+
+        def timed(fn, batch) -> float:
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn(batch)
+            if cuda:
+                torch.cuda.synchronize(device)
+            return time.perf_counter() - start
+
+        def peak_mb(fn, batch) -> float:
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
+                fn(batch)
+                torch.cuda.synchronize(device)
+                return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+            return _peak_rss_during(lambda: fn(batch)) / 2**20
+
+        ours(batches[0])
+        reference(batches[0])
+        best_ours = best_ref = float("inf")
+        for batch in batches[1:-1]:
+            best_ours = min(best_ours, timed(ours, batch))
+            best_ref = min(best_ref, timed(reference, batch))
+        strategy = model.strategy(device) if hasattr(model, "strategy") else "batched"
+        rows.append({
+            "algorithm": name, "n_way": n_way, "k_shot": k_shot, "n_query": 15, "inner_steps": inner_steps,
+            "meta_batch": meta_batch, "device": describe_device(device)["name"], "strategy": strategy,
+            "tasks_per_s": round(meta_batch / best_ours, 2),
+            "reference_tasks_per_s": round(meta_batch / best_ref, 2),
+            "ratio": round(best_ref / best_ours, 2),
+            "peak_mem_mb": round(peak_mb(ours, batches[-1]), 1),
+            "reference_peak_mem_mb": round(peak_mb(reference, batches[-1]), 1),
+            "threads": torch.get_num_threads(),
+        })
+    return rows
+
+
+BENCHES = {"data": bench_data, "algorithms": bench_algorithms, "distributed": bench_distributed,
+           "predict": bench_predict}
 
 
 def run(what: str, args) -> dict | list:
@@ -160,4 +285,10 @@ def format_result(what: str, result) -> str:
         return (f"one drawing, preprocess + predict: p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms over "
                 f"{result['drawings']} drawings ({100 * result['accuracy']:.1f}% right); adapting to a 10-way 5-shot "
                 f"support set: {result['adapt_ms']} ms")
+    if what == "algorithms":
+        return "\n".join(
+            f"{r['algorithm']:12s} {r['n_way']}w{r['k_shot']}s {r['inner_steps']} steps, meta-batch {r['meta_batch']} "
+            f"({r['strategy']}): {r['tasks_per_s']} tasks/s vs reference {r['reference_tasks_per_s']} "
+            f"= {r['ratio']}x; peak {r['peak_mem_mb']} MB vs {r['reference_peak_mem_mb']} MB on {r['device']}"
+            for r in result)
     return str(result)

@@ -48,40 +48,32 @@ PRECISION = ("auto", "fp32", "bf16")
 # --------------------------------------------------------------------------- the network, functionally
 
 
-def conv4_features(params: Params, x: torch.Tensor, groups: int = 8, channels_last: bool = False) -> torch.Tensor:
+def conv4_features(params: Params, x: torch.Tensor, groups: int = 8) -> torch.Tensor:
     """``lab.models.Conv4`` as a function of its weights (``encoder.blocks.*``): ``(n, 1, H, W) -> (n, d)``.
 
     Pooling comes before the ReLU: max and ReLU commute, so the values and gradients are the
-    module's, on four times fewer elements. ``channels_last`` keeps activations NHWC, where the
-    CPU's group-norm and pooling kernels are several times faster on large batches (used for
-    the query set on the CPU; not under vmap).
+    module's, on four times fewer elements. (Channels-last layouts were measured faster on
+    the CPU for large batches, but PyTorch's channels-last group norm loses precision, about
+    1e-4 where the default layout keeps 1e-6, so the default layout is kept.)
     """
     for i in range(4):
-        weight, bias = params[f"encoder.blocks.{i}.0.weight"], params[f"encoder.blocks.{i}.0.bias"]
-        if channels_last and i == 0 and x.shape[1] == 1:
-            x = _conv_one_channel_nhwc(x, weight, bias)
-        else:
-            x = F.conv2d(x, weight, bias, padding=1)
+        x = F.conv2d(x, params[f"encoder.blocks.{i}.0.weight"], params[f"encoder.blocks.{i}.0.bias"], padding=1)
         x = F.group_norm(x, groups, params[f"encoder.blocks.{i}.1.weight"], params[f"encoder.blocks.{i}.1.bias"])
         x = F.relu(F.max_pool2d(x, 2))
     return x.flatten(1)
 
 
-def _conv_one_channel_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """A 3x3 same-padded convolution of one-channel images as one matrix product, laid out NHWC.
-
-    ``(n, 1, H, W)`` -> ``(n, C, H, W)`` in channels-last memory, without a layout copy.
-    """
-    n, _, h, w = x.shape
-    patches = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(n * h * w, 9)
-    out = torch.addmm(bias, patches, weight.reshape(weight.shape[0], 9).t())
-    return out.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+CPU_CHUNK = 96
+"""Images per encoder call on the CPU: larger batches (activations over ~32 MB) were measured
+slower per image than calls of this size."""
 
 
-def nhwc_pays(x: torch.Tensor, functional: bool = False) -> bool:
-    """Whether channels-last activations are faster for this batch of images: on the CPU, for
-    32 images or more (measured on Conv4; small batches are as fast or faster in NCHW)."""
-    return not functional and x.device.type == "cpu" and x.shape[0] >= 32
+def encode(params: Params, x: torch.Tensor, groups: int = 8) -> torch.Tensor:
+    """Features of many images ``(n, 1, H, W) -> (n, d)``: in one call on an accelerator, in
+    pieces of :data:`CPU_CHUNK` images on the CPU."""
+    if x.device.type != "cpu" or len(x) <= CPU_CHUNK:
+        return conv4_features(params, x, groups)
+    return torch.cat([conv4_features(params, part, groups) for part in x.split(CPU_CHUNK)])
 
 
 def linear_head(params: Params, features: torch.Tensor) -> torch.Tensor:
@@ -165,7 +157,7 @@ class InnerHparams:
     """Hyper-parameters every gradient-based learner shares."""
 
     inner_steps: int = 5  # gradient steps on the support set per task during meta-training
-    inner_lr: float = 0.4  # step size of the inner loop (Finn et al. 2017 use 0.4 on Omniglot)
+    inner_lr: float = 0.1  # step size of the inner loop (0.4, Finn et al.'s Omniglot rate, diverges with this GroupNorm Conv4)
     test_inner_steps: int = 10  # steps when adapting to a new task (meta-validation, meta-test, the drawing pad)
     first_order: bool = False  # ignore second derivatives in the meta-gradient (cheaper)
     vectorize: str = "auto"  # tasks at once under vmap, or one by one; auto: vmap on CUDA, the loop elsewhere
@@ -215,12 +207,9 @@ class GradientLearner(MetaLearner):
             params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
         return params
 
-    def features(self, params: Params, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        return conv4_features(params, x, self.groups, channels_last)
-
-    def logits(self, params: Params, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    def logits(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """Images ``(n, 1, H, W)`` -> logits ``(n, n_way)`` under the task's ``params``."""
-        return linear_head(params, self.features(params, x, channels_last))
+        return linear_head(params, conv4_features(params, x, self.groups))
 
     def adapted_names(self, params: Params) -> list[str]:
         return list(params)
@@ -232,6 +221,10 @@ class GradientLearner(MetaLearner):
         choice = self.hparams.vectorize
         return choice == "vmap" or (choice == "auto" and device.type == "cuda")
 
+    def strategy(self, device: torch.device) -> str:
+        """How a batch of tasks is computed on ``device``: ``vmap`` or ``loop``."""
+        return "vmap" if self._vectorized(device) else "loop"
+
     def _autocast(self, device: torch.device):
         use = self.hparams.precision == "bf16" or (self.hparams.precision == "auto" and device.type == "cuda")
         return torch.autocast(device.type, dtype=torch.bfloat16) if use else nullcontext()
@@ -240,10 +233,8 @@ class GradientLearner(MetaLearner):
                      second_order: bool, functional: bool = False, update: Update | None = None) -> Params:
         """The task's parameters after ``steps`` inner steps on its support set (by ``update``,
         default the algorithm's own rule)."""
-        channels_last = nhwc_pays(support_x, functional)
-
         def support_loss(p: Params) -> torch.Tensor:
-            return F.cross_entropy(self.logits(p, support_x, channels_last), support_y)
+            return F.cross_entropy(self.logits(p, support_x), support_y)
 
         return inner_loop(support_loss, params, steps, update or self.update_rule(steps), self.adapted_names(params),
                           second_order, functional)
@@ -255,7 +246,7 @@ class GradientLearner(MetaLearner):
         """One task's query loss after adaptation (differentiable to the meta-parameters), and its correct count."""
         adapted = self.adapt_params(self.task_params(n_way), support_x, support_y, self.hparams.inner_steps,
                                     second_order=not self.hparams.first_order, functional=functional)
-        logits = self.logits(adapted, query_x, nhwc_pays(query_x, functional))
+        logits = self.logits(adapted, query_x)
         return F.cross_entropy(logits.float(), query_y), (logits.argmax(-1) == query_y).sum()
 
     def outer_loss(self, batch: Episode) -> StepOutput:
@@ -298,7 +289,7 @@ class GradientLearner(MetaLearner):
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return self.logits(params, x, nhwc_pays(x))
+                return self.logits(params, x)
 
         return predict
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lab.algorithms.base import Predictor, StepOutput, register
-from lab.algorithms.inner import HEAD, GradientLearner, InnerHparams, Params, inner_loop, nhwc_pays
+from lab.algorithms.inner import HEAD, GradientLearner, InnerHparams, Params, encode, inner_loop
 from lab.episodes import Episode
 
 
@@ -55,8 +55,9 @@ class FOMAML(GradientLearner):
 @register
 class ANIL(GradientLearner):
     """Only the head adapts, so the encoder runs once per image: support and query of every
-    task of the batch go through it in one call, and the head of every task adapts at once
-    (the tasks' losses are summed, so each task's head gets its own gradient)."""
+    task of the batch go through it together (see :func:`~lab.algorithms.inner.encode`), and
+    the head of every task adapts at once (the tasks' losses are summed, so each task's head
+    gets its own gradient)."""
 
     name = "anil"
     summary = "ANIL: MAML with only the classifier head adapted in the inner loop; a meta-learned encoder."
@@ -65,11 +66,13 @@ class ANIL(GradientLearner):
     def adapted_names(self, params: Params) -> list[str]:
         return list(HEAD)
 
+    def strategy(self, device: torch.device) -> str:
+        return "batched"
+
     def _encode(self, *images: torch.Tensor) -> list[torch.Tensor]:
         """Each ``(..., n, 1, H, W)`` -> ``(..., n, d)``, all in one pass through the encoder."""
         flat = torch.cat([x.reshape(-1, *x.shape[-3:]) for x in images])
-        params = self.task_params(1)
-        feats = self.features(params, flat, channels_last=nhwc_pays(flat))
+        feats = encode(self.task_params(1), flat, self.groups)
         out, start = [], 0
         for x in images:
             n = x.shape[:-3].numel()

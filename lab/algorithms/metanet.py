@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput, register
-from lab.algorithms.inner import nhwc_pays
+from lab.algorithms.inner import encode
 from lab.episodes import Episode
 from lab.models import Conv4
 
@@ -68,10 +68,9 @@ class MetaNet(MetaLearner):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(..., n, 1, H, W)`` -> embeddings ``(..., n, d)``."""
-        flat = x.reshape(-1, *x.shape[-3:])
-        if nhwc_pays(flat):
-            flat = flat.contiguous(memory_format=torch.channels_last)
-        return self.encoder(flat).reshape(*x.shape[:-3], -1)
+        params = {f"encoder.{k}": v for k, v in self.encoder.named_parameters()}
+        groups = self.encoder.blocks[0][1].num_groups
+        return encode(params, x.reshape(-1, *x.shape[-3:]), groups).reshape(*x.shape[:-3], -1)
 
     def fast_weights(self, support_e: torch.Tensor, support_y: torch.Tensor, n_way: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The memory a support set writes: keys ``(..., s, key_dim)`` and fast weights ``(..., s, n_way, d)``."""

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lab.algorithms.base import StepOutput, register
-from lab.algorithms.inner import GradientLearner, InnerHparams, nhwc_pays, surrogate_loss
+from lab.algorithms.inner import GradientLearner, InnerHparams, surrogate_loss
 from lab.episodes import Episode
 
 
@@ -56,7 +56,7 @@ class Reptile(GradientLearner):
                                     second_order=False, functional=functional)
         adapted = {k: v.detach() for k, v in adapted.items()}
         with torch.no_grad():
-            logits = self.logits(adapted, query_x, nhwc_pays(query_x, functional))
+            logits = self.logits(adapted, query_x)
         deltas = {k: start[k].detach() - adapted[k] for k in start}
         return deltas, F.cross_entropy(logits.float(), query_y), (logits.argmax(-1) == query_y).sum()
 
