@@ -46,7 +46,30 @@ def bench_data(args) -> dict:
     }
 
 
-BENCHES = {"data": bench_data}
+def bench_clusters(args) -> dict:
+    """Embedding 1000 mixed-source tasks (5-way 1-shot) and K-means (K = 3) of them, for each embedding."""
+    import torch
+
+    from lab.clustering import EMBEDDINGS, analyse, embed_tasks, load_source, untrained_model
+
+    source = load_source("mixed", "test", args.data_dir)
+    t0 = time.perf_counter()
+    tasks = source.sample(1000, 5, 1, 0, seed=0)
+    out = {"tasks": len(tasks), "groups": len(set(tasks.groups)), "sample_s": round(time.perf_counter() - t0, 3),
+           "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    model = untrained_model()  # the timing does not depend on the weights
+    for embedding in EMBEDDINGS:
+        t0 = time.perf_counter()
+        raw = embed_tasks(model, tasks, embedding)
+        t1 = time.perf_counter()
+        analyse(raw, tasks.groups, 3, embedding)
+        t2 = time.perf_counter()
+        out[embedding] = {"dims": raw.shape[1], "embed_s": round(t1 - t0, 3), "kmeans_s": round(t2 - t1, 3),
+                          "total_s": round(t2 - t0, 3)}
+    return out
+
+
+BENCHES = {"data": bench_data, "clusters": bench_clusters}
 
 
 def run(what: str, args) -> dict | list:
@@ -57,4 +80,8 @@ def format_result(what: str, result) -> str:
     if what == "data":
         return (f"Omniglot, {result['images']} images: cold {result['cold_s']} s, warm {result['warm_s']} s, "
                 f"{result['images_mb']} MB of images, peak RSS {result['peak_rss_mb']} MB")
+    if what == "clusters":
+        return "\n".join(f"{name}: embed {result[name]['embed_s']} s + K-means {result[name]['kmeans_s']} s "
+                         f"= {result[name]['total_s']} s for {result['tasks']} tasks"
+                         for name in ("representation", "gradient"))
     return str(result)

@@ -7,3 +7,4 @@ predictor for a new task, shared by meta-testing and the drawing pad.
 
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput, register, REGISTRY, build  # noqa: F401
 from lab.algorithms import protonet  # noqa: F401  (registers itself)
+from lab.algorithms import clustered  # noqa: F401,E402  (registers itself)
