@@ -9,5 +9,6 @@ pages = [
     st.Page("pages/meta_train.py", title="Meta-Train", icon=":material/rocket_launch:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
     st.Page("pages/draw.py", title="Draw & Predict", icon="✏️"),
+    st.Page("pages/clusters.py", title="Task Clusters", icon="🧩"),
 ]
 st.navigation(pages).run()

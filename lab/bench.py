@@ -266,8 +266,31 @@ def bench_algorithms(args) -> list[dict]:
     return rows
 
 
-BENCHES = {"data": bench_data, "algorithms": bench_algorithms, "distributed": bench_distributed,
-           "predict": bench_predict}
+def bench_clusters(args) -> dict:
+    """Embedding 1000 mixed-source tasks (5-way 1-shot) and K-means (K = 3) of them, for each embedding."""
+    import torch
+
+    from lab.clustering import EMBEDDINGS, analyse, embed_tasks, load_source, untrained_model
+
+    source = load_source("mixed", "test", args.data_dir)
+    t0 = time.perf_counter()
+    tasks = source.sample(1000, 5, 1, 0, seed=0)
+    out = {"tasks": len(tasks), "groups": len(set(tasks.groups)), "sample_s": round(time.perf_counter() - t0, 3),
+           "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    model = untrained_model()  # the timing does not depend on the weights
+    for embedding in EMBEDDINGS:
+        t0 = time.perf_counter()
+        raw = embed_tasks(model, tasks, embedding)
+        t1 = time.perf_counter()
+        analyse(raw, tasks.groups, 3, embedding)
+        t2 = time.perf_counter()
+        out[embedding] = {"dims": raw.shape[1], "embed_s": round(t1 - t0, 3), "kmeans_s": round(t2 - t1, 3),
+                          "total_s": round(t2 - t0, 3)}
+    return out
+
+
+BENCHES = {"data": bench_data, "algorithms": bench_algorithms, "clusters": bench_clusters,
+           "distributed": bench_distributed, "predict": bench_predict}
 
 
 def run(what: str, args) -> dict | list:
@@ -291,4 +314,8 @@ def format_result(what: str, result) -> str:
             f"({r['strategy']}): {r['tasks_per_s']} tasks/s vs reference {r['reference_tasks_per_s']} "
             f"= {r['ratio']}x; peak {r['peak_mem_mb']} MB vs {r['reference_peak_mem_mb']} MB on {r['device']}"
             for r in result)
+    if what == "clusters":
+        return "\n".join(f"{name}: embed {result[name]['embed_s']} s + K-means {result[name]['kmeans_s']} s "
+                         f"= {result[name]['total_s']} s for {result['tasks']} tasks"
+                         for name in ("representation", "gradient"))
     return str(result)

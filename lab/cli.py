@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from lab import runs
+from lab.clustering import EMBEDDINGS, SOURCES
 from lab.data import DATASETS, DatasetUnavailable
 from lab.device import DEVICE_CHOICES
 
@@ -119,6 +120,57 @@ def cmd_train(args) -> int:
     return _drive(config, Path(run_dir), resume=False, world=world)
 
 
+def cmd_train_any(args) -> int:
+    """``train``: cluster experts for ``--algorithm clustered``, else meta-training."""
+    return cmd_train_clustered(args) if args.algorithm == "clustered" else cmd_train(args)
+
+
+def cmd_train_clustered(args) -> int:
+    from lab.clustering import clustered_config, train_clustered
+
+    if not args.base:
+        raise ValueError("--algorithm clustered needs --base RUN_DIR, the run the experts start from")
+    fields = {"n_way": args.n_way, "k_shot": args.k_shot, "n_query": args.n_query, "meta_batch": args.meta_batch,
+              "meta_lr": args.meta_lr, "steps": args.steps, "minutes": args.minutes, "seed": args.seed,
+              "device": args.device, "val_episodes": args.val_episodes, "log_every": args.log_every}
+    config = clustered_config(args.base, args.k, args.source, args.embedding,
+                              json.loads(args.hparams) if args.hparams else None, **fields)
+    run_dir = runs.create_run(args.runs_dir or runs.default_runs_dir(), config, args.name)
+    bar = _progress(config.steps, "clustered")
+    for record in train_clustered(config, run_dir):
+        bar.update(record["step"] - bar.n)
+        if "loss" in record:
+            bar.set_postfix(expert=record["expert"], loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
+    bar.close()
+    status = runs.read_status(run_dir)
+    print(f"{status['state']} at step {status.get('step')}; validation accuracy {status.get('best_val_accuracy')} "
+          f"(base {status.get('base_val_accuracy')}); cluster sizes {status.get('cluster_sizes')}", file=sys.stderr)
+    print(run_dir)
+    return 0
+
+
+def cmd_cluster(args) -> int:
+    from lab.clustering import cluster_report
+    from lab.device import pick_device
+
+    _, model = runs.load_model(args.run, device=pick_device(args.device))
+    out = cluster_report(model, args.source, args.tasks, args.k, args.embedding, args.n_way, args.k_shot, args.split,
+                         args.seed, args.data_dir, args.folder, args.max_k)
+    out["run"] = str(args.run)
+    if args.json:
+        _print_json(out)
+    else:
+        if "scan" in out:
+            print(f"suggested K {out['suggested_k']} (best silhouette), elbow at K {out['elbow_k']}")
+        print(f"{out['source']}: {out['tasks']} tasks, {out['embedding']} embedding, K = {out['k']}: "
+              f"ARI {out['ari']:.3f}, NMI {out['nmi']:.3f}, silhouette {out['silhouette']:.3f}, "
+              f"inertia {out['inertia']:.1f}")
+        for row in out["clusters"]:
+            print(f"  cluster {row['cluster']:2d}: {row['size']:4d} tasks, {100 * row['purity']:5.1f}% "
+                  f"{row['dominant_group']}")
+    return 0
+
+
 def cmd_resume(args) -> int:
     from lab.config import TrainConfig
     from lab.distributed import init_from_env
@@ -203,6 +255,8 @@ def cmd_compare(args) -> int:
     device = pick_device(args.device)
     config_a, model_a = runs.load_model(resolve_model(args.run_a), device=device)
     _, model_b = runs.load_model(resolve_model(args.run_b), device=device)
+    if args.source:
+        return _compare_on_source(args, config_a, model_a, model_b, device)
     dataset_name = args.dataset or config_a.dataset
     same = dataset_name == config_a.dataset
     dataset = load_dataset(dataset_name, args.data_dir or (config_a.data_dir if same else None),
@@ -259,6 +313,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _compare_on_source(args, config_a, model_a, model_b, device) -> int:
+    from lab.clustering import compare_on_source
+
+    result = compare_on_source(model_a, model_b, args.source, args.n_way or config_a.n_way,
+                               args.k_shot or config_a.k_shot, args.n_query, args.episodes, args.seed, device,
+                               args.data_dir, args.folder)
+    result.update(run_a=str(args.run_a), run_b=str(args.run_b))
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"A {100 * result['accuracy_a']:.2f}% vs B {100 * result['accuracy_b']:.2f}% on the same "
+              f"{result['episodes']} {args.source} tasks: A - B = {100 * result['difference']:+.2f}% "
+              f"± {100 * result['difference_ci95']:.2f}% (paired 95% CI)")
+        for group, part in result["by_group"].items():
+            print(f"  {group:24s} {part['episodes']:5d} tasks: A {100 * part['accuracy_a']:.2f}% "
+                  f"B {100 * part['accuracy_b']:.2f}% A - B {100 * part['difference']:+.2f}%")
+    return 0
+
+
 # --------------------------------------------------------------------------- bench
 
 
@@ -312,7 +385,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--hparams", help='the algorithm\'s hyper-parameters as JSON, e.g. \'{"inner_steps": 5}\'')
     q.add_argument("--runs-dir", help="folder of runs (default: $LAB_RUNS_DIR or ./runs)")
     q.add_argument("--name", help="run name (letters, digits, '.', '_', '-')")
-    q.set_defaults(func=cmd_train)
+    q.add_argument("--base", help="clustered: the run folder whose model the cluster experts start from")
+    q.add_argument("--k", type=int, default=3, help="clustered: number of clusters (experts)")
+    q.add_argument("--source", default="mixed", choices=SOURCES, help="clustered: the task source")
+    q.add_argument("--embedding", default="representation", choices=EMBEDDINGS, help="clustered: the task embedding")
+    q.set_defaults(func=cmd_train_any)
 
     q = sub.add_parser("resume", help="continue a stopped or interrupted run from its last checkpoint")
     q.add_argument("run_dir")
@@ -352,6 +429,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--episodes", type=int, default=1000)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    q.add_argument("--source", choices=SOURCES, help="draw the test tasks from a task source instead of a dataset")
+    q.add_argument("--folder", help="a folder of images (one sub-folder per class) that joins the mixed source")
     q.set_defaults(func=cmd_compare)
 
     q = sub.add_parser("predict", help="predict an image's class with a model adapted to a support set")
@@ -371,9 +450,25 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_export)
 
+    q = sub.add_parser("cluster", help="embed tasks, K-means them, score the clusters against the true groups")
+    common(q)
+    q.add_argument("run", help="a run folder or a checkpoint file (its encoder embeds the tasks)")
+    q.add_argument("--source", default="mixed", choices=SOURCES)
+    q.add_argument("--tasks", type=int, default=500)
+    q.add_argument("--k", type=int, help="number of clusters (default: the best silhouette over K = 2..--max-k)")
+    q.add_argument("--max-k", type=int, default=20)
+    q.add_argument("--embedding", default="representation", choices=EMBEDDINGS)
+    q.add_argument("--n-way", type=int, default=5)
+    q.add_argument("--k-shot", type=int, default=1)
+    q.add_argument("--split", default="test", choices=("train", "val", "test"))
+    q.add_argument("--seed", type=int, default=0, help="seeds the tasks and K-means")
+    q.add_argument("--folder", help="a folder of images (one sub-folder per class) that joins the mixed source")
+    q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    q.set_defaults(func=cmd_cluster)
+
     q = sub.add_parser("bench", help="benchmarks: speed and memory")
     common(q)
-    q.add_argument("what", choices=("data", "algorithms", "distributed", "predict"))
+    q.add_argument("what", choices=("data", "algorithms", "clusters", "distributed", "predict"))
     q.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="algorithms: where to measure")
     q.add_argument("--algorithms", help="algorithms: a comma-separated subset (default: all)")
     q.add_argument("--meta-batch", type=int, help="algorithms: tasks per step (default: 32 on CUDA, 4 elsewhere)")

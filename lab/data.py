@@ -77,7 +77,7 @@ class ClassPool:
     def class_images(self, i: int, which: np.ndarray | None = None) -> torch.Tensor:
         """uint8 ``(n, 1, H, W)`` images of class ``i``, rotated as the class says."""
         idx = self.members[i] if which is None else self.members[i][which]
-        x = self.images[torch.from_numpy(idx)]
+        x = self.images.index_select(0, torch.from_numpy(idx))  # far faster than x[idx] on a busy CPU
         turns = int(self.classes[i, 1])
         return torch.rot90(x, turns, dims=(2, 3)) if turns else x
 

@@ -9,3 +9,4 @@ from lab.algorithms.base import MetaLearner, Predictor, StepOutput, register, RE
 from lab.algorithms import protonet  # noqa: F401  (registers itself)
 from lab.algorithms import maml  # noqa: F401
 from lab.algorithms import metasgd, learned_opt, reptile, metanet  # noqa: F401,E401
+from lab.algorithms import clustered  # noqa: F401,E402  (registers itself)

@@ -1,0 +1,228 @@
+"""Cluster experts: fine-tune one copy of a global meta-learner per cluster of tasks, and compare
+models on the tasks of a source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lab.clustering.embeddings import embed_tasks
+from lab.clustering.kmeans import fit_feature_map, kmeans
+from lab.clustering.sources import TaskSet, load_source
+
+def compare_on_source(model_a, model_b, source: str, n_way: int, k_shot: int, n_query: int = 15,
+                      episodes: int = 1000, seed: int = 0, device="cpu", data_dir: str | None = None,
+                      folder: str | None = None, split: str = "test") -> dict:
+    """Both models on the same ``episodes`` test tasks of ``source``, compared pairwise, overall and per true group."""
+    from lab.evaluation import episode_accuracies, paired_comparison
+
+    tasks = load_source(source, split, data_dir, folder).sample(episodes, n_way, k_shot, n_query, seed)
+    accs_a = episode_accuracies(model_a, tasks.episodes, device)
+    accs_b = episode_accuracies(model_b, tasks.episodes, device)
+    out = paired_comparison(accs_a, accs_b)
+    out.update(n_way=n_way, k_shot=k_shot, n_query=n_query, seed=seed, source=source, split=split, by_group={})
+    groups = np.array(tasks.groups)
+    for g in tasks.group_names:
+        mask = groups == g
+        part = paired_comparison(accs_a[mask], accs_b[mask]) if mask.sum() > 1 else None
+        if part:
+            out["by_group"][g] = {key: part[key] for key in ("episodes", "accuracy_a", "accuracy_b", "difference",
+                                                             "difference_ci95")}
+    return out
+
+
+# --------------------------------------------------------------------------- cluster experts
+
+
+def clustered_config(base: str | Path, k: int = 3, source: str = "mixed", embedding: str = "representation",
+                     hparams: dict | None = None, **fields):
+    """The :class:`~lab.config.TrainConfig` of a ``clustered`` run that starts from the run ``base``.
+
+    The dataset and split come from the base (so ``python -m lab eval`` of the clustered run
+    meets the same test classes as the base's); ``fields`` override any other setting. By default
+    the experts share 100 fine-tuning steps each of 4 tasks, at a learning rate of 5e-4.
+    """
+    from lab import runs
+    from lab.config import TrainConfig
+
+    base = Path(base)
+    base_config = runs.read_json(base / "config.json") if base.is_dir() else None
+    if not base_config or not (base / "best.pt").exists() and not (base / "last.pt").exists():
+        raise ValueError(f"base: {base} is not a trained run folder (config.json and best.pt)")
+    if base_config["algorithm"] == "clustered":
+        raise ValueError("base: give the run of a global meta-learner, not of another clustered model")
+    values = {
+        "algorithm": "clustered", "dataset": base_config["dataset"], "data_dir": base_config.get("data_dir"),
+        "split_scheme": base_config.get("split_scheme"), "n_way": base_config["n_way"],
+        "k_shot": base_config["k_shot"], "n_query": 5, "meta_batch": 4, "meta_lr": 5e-4, "steps": 100 * k,
+        "val_episodes": 300,
+    }
+    values.update({key: value for key, value in fields.items() if value is not None})
+    values["hparams"] = {**(hparams or {}), "base": str(base.resolve()), "k": k, "source": source,
+                         "embedding": embedding, "base_algorithm": base_config["algorithm"],
+                         "base_hparams": base_config.get("hparams", {})}
+    return TrainConfig(**values)
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def fit_router(model, base, tasks: TaskSet, seed: int = 0) -> np.ndarray:
+    """Embed ``tasks`` with ``base``, K-means them, and set ``model``'s router; returns each task's cluster."""
+    hp = model.hparams
+    raw = embed_tasks(base, tasks, hp.embedding)
+    fmap = fit_feature_map(raw, hp.embedding, seed)
+    fit = kmeans(fmap(raw), hp.k, seed)
+    model.router.set(fmap.mean, fmap.components, fit["centroids"])
+    return fit["labels"]
+
+
+def train_clustered(config, run_dir: str | Path | None = None) -> Iterator[dict]:
+    """Train cluster experts, yielding step records as :func:`lab.training.train` does.
+
+    Draws ``tasks`` training tasks from the source's train split, embeds them with the base,
+    K-means them, and fine-tunes one copy of the base per cluster on that cluster's tasks
+    (``steps`` in all, shared equally; ``meta_batch`` tasks a step). Then both the base and the
+    routed experts are measured on ``val_episodes`` tasks of the source's validation split, and
+    the run is saved as ``best.pt``. A stop request ends the fine-tuning early, still saving.
+    """
+    from lab import runs
+    from lab.algorithms import build
+    from lab.device import describe_device, pick_device
+    from lab.evaluation import episode_accuracies
+    from lab.training import NonFiniteLoss, _StopSignal
+
+    hp = build(config).hparams  # validated
+    device = pick_device(config.device)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    data_root = config.data_dir if config.dataset != "folder" else None
+    start, step, reason = time.perf_counter(), 0, "finished"
+    elapsed = lambda: time.perf_counter() - start  # noqa: E731
+    if run_dir is not None:
+        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+        runs.write_status(run_dir, "running", step=0, device=describe_device(device)["name"], error=None)
+    try:
+        _, base = runs.load_model(hp.base, device=device)
+        tasks = load_source(hp.source, "train", data_root, hp.folder).sample(
+            hp.tasks, config.n_way, config.k_shot, config.n_query, config.seed)
+        model = build(config).to(device)
+        for net in (model.base, *model.experts):
+            net.load_state_dict(base.state_dict())
+        labels = fit_router(model, base, tasks, config.seed)
+        sizes = np.bincount(labels, minlength=hp.k).tolist()
+        rng = np.random.default_rng(config.seed)
+        budget = config.minutes * 60 / hp.k if config.minutes else math.inf
+        with _StopSignal() as signals:
+            for c, (expert, share) in enumerate(zip(model.experts, _shares(config.steps, hp.k))):
+                members, cursor, began = rng.permutation(np.flatnonzero(labels == c)), 0, time.perf_counter()
+                optimizer = expert.configure_optimizer(config.meta_lr)
+                window = []
+                for s in range(share if len(members) else 0):
+                    if signals.raised or (run_dir is not None and runs.stop_requested(run_dir)):
+                        reason = "stopped"
+                        break
+                    if time.perf_counter() - began >= budget:
+                        break
+                    idx = members[(cursor + np.arange(config.meta_batch)) % len(members)]
+                    cursor += config.meta_batch
+                    expert.train()
+                    out = expert.outer_loss(tasks.batch(idx).to(device))
+                    if not torch.isfinite(out.loss):
+                        raise NonFiniteLoss(f"the loss of expert {c} became {out.loss.item()} at step {step + 1}")
+                    optimizer.zero_grad(set_to_none=True)
+                    out.loss.backward()
+                    optimizer.step()
+                    step += 1
+                    window.append((out.loss.item(), out.accuracy.item()))
+                    if step % config.log_every and s < share - 1:
+                        continue
+                    progress = min(1.0, step / config.steps)
+                    record = {"step": step, "expert": c, "cluster_size": sizes[c],
+                              "loss": float(np.mean([w[0] for w in window])),
+                              "accuracy": float(np.mean([w[1] for w in window])),
+                              "elapsed_s": elapsed(), "progress": progress,
+                              "eta_s": elapsed() / max(progress, 1e-9) - elapsed()}
+                    window = []
+                    if run_dir is not None:
+                        runs.append_jsonl(run_dir / "metrics.jsonl", record)
+                        runs.write_status(run_dir, "running", step=step, progress=progress, eta_s=record["eta_s"],
+                                          elapsed_s=record["elapsed_s"])
+                    yield record
+                if reason == "stopped":
+                    break
+        model.eval()
+        val_tasks = load_source(hp.source, "val", data_root, hp.folder).sample(
+            config.val_episodes, config.n_way, config.k_shot, config.n_query, config.seed + 1)
+        val_accuracy = float(episode_accuracies(model, val_tasks.episodes, device).mean())
+        base_val = float(episode_accuracies(base, val_tasks.episodes, device).mean())
+        record = {"step": step, "val_accuracy": val_accuracy,
+                  "base_val_accuracy": base_val, "best_val_accuracy": val_accuracy, "cluster_sizes": sizes,
+                  "elapsed_s": elapsed(), "progress": 1.0, "eta_s": 0.0}
+        if run_dir is not None:
+            runs.save_checkpoint(run_dir / "best.pt", model, None, config, step=step, best_val=val_accuracy,
+                                 base_val=base_val, cluster_sizes=sizes, elapsed_s=elapsed())
+            runs.append_jsonl(run_dir / "metrics.jsonl", record)
+        yield record
+    except Exception as err:
+        if run_dir is not None:
+            runs.write_status(run_dir, "failed", step=step, error=f"{type(err).__name__}: {err}")
+        raise
+    if run_dir is not None:
+        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+        runs.write_status(run_dir, reason, step=step, progress=1.0 if reason == "finished" else step / config.steps,
+                          eta_s=None, elapsed_s=elapsed(), best_val_accuracy=val_accuracy,
+                          base_val_accuracy=base_val, cluster_sizes=sizes)
+
+
+def find_clustered_runs(runs_dir: str | Path, base: str | Path, source: str, embedding: str, k: int) -> list[dict]:
+    """The clustered runs of ``runs_dir`` made from ``base`` with this source, embedding and K, newest first."""
+    from lab import runs
+
+    wanted = {"base": str(Path(base).resolve()), "source": source, "embedding": embedding, "k": k}
+    found = []
+    for row in runs.list_runs(runs_dir):
+        hparams = (runs.read_json(Path(row["path"]) / "config.json") or {}).get("hparams", {})
+        if row["algorithm"] == "clustered" and all(hparams.get(key) == value for key, value in wanted.items()):
+            found.append(row)
+    return found
+
+
+def launch_clustered(base: str | Path, k: int, source: str, embedding: str, runs_dir: str | Path, tasks: int = 1000,
+                     steps: int | None = None, val_episodes: int | None = None, name: str | None = None) -> tuple[Path, int]:
+    """Train cluster experts in a background process (its own session, so it outlives the caller).
+
+    Runs ``python -m lab train --algorithm clustered ...``; returns the run folder it will write and
+    the process id. Its error output goes to ``.NAME.log`` beside the run folder.
+    """
+    from lab import runs
+
+    runs_dir, base = Path(runs_dir).resolve(), Path(base).resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    name = name or f"clustered-{base.name[:32]}-{source}-k{k}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = runs.run_path(runs_dir, name)
+    if run_dir.exists():
+        raise ValueError(f"a run named {name!r} already exists in {runs_dir}")
+    command = [sys.executable, "-m", "lab", "train", "--algorithm", "clustered", "--base", str(base), "--k", str(k),
+               "--source", source, "--embedding", embedding, "--n-query", "5", "--runs-dir", str(runs_dir),
+               "--name", name, "--hparams", json.dumps({"tasks": tasks})]
+    command += ["--steps", str(steps)] if steps else []
+    command += ["--val-episodes", str(val_episodes)] if val_episodes else []
+    with open(runs_dir / f".{name}.log", "w") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                   cwd=Path(__file__).resolve().parents[2], env=dict(os.environ),
+                                   start_new_session=True)
+    threading.Thread(target=process.wait, daemon=True).start()  # reap it when it ends
+    return run_dir, process.pid

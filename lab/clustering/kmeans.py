@@ -1,0 +1,150 @@
+"""K-means of embedded tasks and its checks, all from scikit-learn: inertia, silhouette, ARI, NMI, PCA, t-SNE."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from lab.clustering.embeddings import embed_tasks
+from lab.clustering.sources import load_source
+
+GRADIENT_DIMS = 32  # PCA components kept of the (37,056-dimensional) gradient embedding
+
+@dataclass
+class FeatureMap:
+    """The fixed map from raw embeddings to the space K-means works in: centre, then project.
+
+    ``components`` is ``(p, D)`` (a PCA basis) or ``None`` for the identity.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray | None = None
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        x = np.asarray(raw, dtype=np.float64) - self.mean
+        return x if self.components is None else x @ self.components.T
+
+
+def fit_feature_map(raw: np.ndarray, embedding: str, seed: int = 0) -> FeatureMap:
+    """Centre the embeddings; the high-dimensional gradient embedding is also reduced by PCA."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if embedding != "gradient" or raw.shape[1] <= GRADIENT_DIMS:
+        return FeatureMap(raw.mean(0))
+    from sklearn.decomposition import PCA
+
+    pca = PCA(min(GRADIENT_DIMS, len(raw)), svd_solver="randomized", random_state=seed).fit(raw)
+    return FeatureMap(pca.mean_, pca.components_)
+
+
+def kmeans(features: np.ndarray, k: int, seed: int = 0) -> dict:
+    """K-means (scikit-learn) of ``features`` ``(n, p)``: labels, centroids, inertia, silhouette."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    if not 1 <= k <= len(features):
+        raise ValueError(f"k: must be between 1 and the number of tasks ({len(features)}), not {k}")
+    fit = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(features)
+    distinct = len(set(fit.labels_))
+    silhouette = float(silhouette_score(features, fit.labels_)) if 1 < distinct < len(features) else float("nan")
+    return {"k": k, "labels": fit.labels_.astype(np.int64), "centroids": fit.cluster_centers_,
+            "inertia": float(fit.inertia_), "silhouette": silhouette}
+
+
+def scan_k(features: np.ndarray, ks, seed: int = 0) -> list[dict]:
+    """Inertia and silhouette for each K of ``ks``: the elbow and silhouette curves."""
+    return [{key: r[key] for key in ("k", "inertia", "silhouette")} for r in (kmeans(features, k, seed) for k in ks)]
+
+
+def elbow_k(scan: list[dict]) -> int:
+    """The K at the elbow of the inertia curve: farthest from the chord joining its two ends."""
+    if len(scan) < 3:
+        return scan[0]["k"]
+    k = np.array([r["k"] for r in scan], dtype=float)
+    y = np.array([r["inertia"] for r in scan], dtype=float)
+    kn, yn = (k - k[0]) / (k[-1] - k[0]), (y - y.min()) / max(np.ptp(y), 1e-12)
+    chord = yn[0] + (yn[-1] - yn[0]) * kn
+    return int(k[np.argmax(np.abs(yn - chord))])
+
+
+def suggest_k(scan: list[dict]) -> int:
+    """The K with the best silhouette; the elbow's K when no silhouette is defined."""
+    scored = [r for r in scan if not math.isnan(r["silhouette"])]
+    return max(scored, key=lambda r: r["silhouette"])["k"] if scored else elbow_k(scan)
+
+
+def agreement(groups, labels) -> dict:
+    """How well clusters match the true groups: adjusted Rand index and normalised mutual information."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    return {"ari": float(adjusted_rand_score(groups, labels)), "nmi": float(normalized_mutual_info_score(groups, labels))}
+
+
+def cluster_table(labels: np.ndarray, groups: list[str]) -> list[dict]:
+    """Per cluster: size, dominant true group and purity (the dominant group's share)."""
+    rows = []
+    for c in range(int(labels.max()) + 1 if len(labels) else 0):
+        members = [g for g, lab in zip(groups, labels) if lab == c]
+        dominant, count = Counter(members).most_common(1)[0] if members else ("-", 0)
+        rows.append({"cluster": c, "size": len(members), "dominant_group": dominant,
+                     "purity": count / len(members) if members else float("nan")})
+    return rows
+
+
+def project(features: np.ndarray, method: str = "pca", dims: int = 2, seed: int = 0) -> np.ndarray:
+    """A 2-D or 3-D view of ``features`` by PCA or t-SNE (scikit-learn) -> ``(n, dims)``."""
+    if dims not in (2, 3):
+        raise ValueError(f"dims: must be 2 or 3, not {dims}")
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(min(dims, *features.shape), random_state=seed).fit_transform(features)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
+        return TSNE(dims, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+    raise ValueError(f"method: must be 'pca' or 'tsne', not {method!r}")
+
+
+def analyse(raw: np.ndarray, groups: list[str], k: int, embedding: str, seed: int = 0) -> dict:
+    """K-means of embedded tasks at ``k``, with its agreement with the true groups and a table per cluster."""
+    features = fit_feature_map(raw, embedding, seed)(raw)
+    result = kmeans(features, k, seed)
+    result.update(agreement(groups, result["labels"]))
+    result["clusters"] = cluster_table(result["labels"], groups)
+    return result
+
+
+def cluster_report(model, source: str, n_tasks: int = 500, k: int | None = None, embedding: str = "representation",
+                   n_way: int = 5, k_shot: int = 1, split: str = "test", seed: int = 0, data_dir: str | None = None,
+                   folder: str | None = None, max_k: int = 20) -> dict:
+    """Embed ``n_tasks`` tasks of ``source``, K-means them, and score the clusters against the true groups.
+
+    Without ``k`` the elbow and silhouette curves over K = 1..``max_k`` are computed and the
+    silhouette's best K is used. JSON-ready (``python -m lab cluster``).
+    """
+    tasks = load_source(source, split, data_dir, folder).sample(n_tasks, n_way, k_shot, 0, seed)
+    raw = embed_tasks(model, tasks, embedding)
+    features = fit_feature_map(raw, embedding, seed)(raw)
+    out = {"source": source, "split": split, "embedding": embedding, "tasks": n_tasks, "n_way": n_way,
+           "k_shot": k_shot, "seed": seed, "groups": dict(sorted(Counter(tasks.groups).items()))}
+    if k is None:
+        scan = scan_k(features, range(1, min(max_k, n_tasks - 1) + 1), seed)
+        k = suggest_k(scan)
+        out.update(scan=scan, elbow_k=elbow_k(scan), suggested_k=k)
+    result = kmeans(features, k, seed)
+    out.update(k=k, inertia=result["inertia"], silhouette=result["silhouette"], **agreement(tasks.groups, result["labels"]),
+               sizes=np.bincount(result["labels"], minlength=k).tolist(),
+               clusters=cluster_table(result["labels"], tasks.groups))
+    return out
+
+
+def untrained_model(seed: int = 0):
+    """A freshly initialised Prototypical Network (for looking at clusters before any run is trained)."""
+    from lab.algorithms import build
+    from lab.config import TrainConfig
+
+    return build(TrainConfig(algorithm="protonet", seed=seed)).eval()

@@ -1,0 +1,258 @@
+import json
+import math
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from lab import runs
+from lab.algorithms.protonet import proto_logits, prototypes
+from lab.cli import main
+from lab.clustering import (
+    EMBEDDINGS, agreement, analyse, cluster_table, elbow_k, embed_support, embed_tasks,
+    fit_feature_map, kmeans, load_source, scan_k, suggest_k, untrained_model,
+)
+from lab.config import TrainConfig
+from lab.episodes import Episode
+from lab.evaluation import meta_test
+from lab.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base_run(digits, tmp_path_factory):
+    """A Prototypical Network meta-trained for a few seconds on the bundled digits."""
+    config = TrainConfig(dataset="digits", n_way=5, k_shot=1, n_query=5, steps=20, val_every=20, val_episodes=10,
+                         log_every=10, seed=0)
+    run_dir = runs.create_run(tmp_path_factory.mktemp("runs"), config, "base")
+    list(train(config, run_dir))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def base_model(base_run):
+    return runs.load_model(base_run)[1]
+
+
+@pytest.fixture(scope="module")
+def mixed(omniglot, mnist):
+    return load_source("mixed", "test")
+
+
+@pytest.fixture(scope="module")
+def clustered_run(base_run, omniglot, mnist):
+    """Three cluster experts fine-tuned for a few steps on mixed tasks, trained from the command line."""
+    runs_dir = base_run.parent
+    assert main(["train", "--algorithm", "clustered", "--base", str(base_run), "--k", "3", "--source", "mixed",
+                 "--steps", "6", "--meta-batch", "2", "--n-query", "3", "--val-episodes", "12", "--log-every", "2",
+                 "--hparams", '{"tasks": 60}', "--runs-dir", str(runs_dir), "--name", "experts"]) == 0
+    run_dir = runs_dir / "experts"
+    config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json"))
+    return config, run_dir, runs.read_jsonl(run_dir / "metrics.jsonl")
+
+
+def relabel(episode: Episode, order: list[int]) -> Episode:
+    """The same task with its classes renamed (class c becomes order[c]) and listed in the new order."""
+    new_y = torch.tensor(order)[episode.support_y]
+    keep = torch.argsort(new_y, stable=True)
+    return episode._replace(support_x=episode.support_x[keep], support_y=new_y[keep])
+
+
+def test_within_alphabet_tasks_take_all_their_classes_from_one_alphabet(omniglot):
+    source = load_source("within-alphabet", "test")
+    assert len(source.groups) == 20  # Omniglot's evaluation alphabets
+    tasks = source.sample(30, 5, 1, 2, seed=4)
+    for group, episode in zip(tasks.groups, tasks.episodes):
+        pool = source.pools[source.groups.index(group)]
+        assert {pool.class_groups[int(c)] for c in episode.classes} == {group}
+    again = source.sample(30, 5, 1, 2, seed=4)
+    assert again.groups == tasks.groups and torch.equal(again.batch().support_x, tasks.batch().support_x)
+
+
+def test_the_mixed_source_draws_from_every_dataset_with_its_name_as_the_true_group(mixed):
+    assert set(mixed.groups) == {"omniglot", "mnist", "digits"}
+    tasks = mixed.sample(60, 5, 1, 0, seed=1)
+    assert set(tasks.groups) == {"omniglot", "mnist", "digits"}
+    assert tasks.batch().support_x.shape == (60, 5, 1, 28, 28)
+
+
+@pytest.mark.parametrize("embedding", EMBEDDINGS)
+def test_a_task_embedding_does_not_change_when_its_classes_are_reordered(mixed, base_model, embedding):
+    tasks = mixed.sample(4, 5, 2, 0, seed=2)
+    orders = [[2, 0, 4, 1, 3], [4, 3, 2, 1, 0]]
+    for episode in tasks.episodes:
+        plain = embed_support(base_model, episode.support_x[None], episode.support_y[None], 5, embedding)
+        for order in orders:
+            shuffled = relabel(episode, order)
+            assert not torch.equal(shuffled.support_x, episode.support_x)
+            moved = embed_support(base_model, shuffled.support_x[None], shuffled.support_y[None], 5, embedding)
+            assert torch.allclose(moved, plain, atol=1e-5)
+    whole = embed_tasks(base_model, tasks, embedding)
+    assert np.abs(whole[0] - whole[1]).max() > 1e-3  # different tasks do get different embeddings
+
+
+def test_the_batched_gradient_embedding_equals_the_gradient_of_each_task_alone(mixed, base_model):
+    tasks = mixed.sample(3, 5, 1, 0, seed=5)
+    batch = tasks.batch()
+    embedded = embed_support(base_model, batch.support_x, batch.support_y, 5, "gradient")
+    last = base_model.encoder.blocks[-1]
+    for i, episode in enumerate(tasks.episodes):
+        base_model.zero_grad()
+        with torch.no_grad():
+            hidden = base_model.encoder.blocks[:-1](episode.support_x)
+        z = last(hidden).flatten(1)
+        loss = torch.nn.functional.cross_entropy(proto_logits(z, prototypes(z, episode.support_y, 5)),
+                                                 episode.support_y)
+        loss.backward()
+        expected = torch.cat([last[0].bias.grad, last[1].weight.grad, last[1].bias.grad, last[0].weight.grad.flatten()])
+        assert torch.allclose(embedded[i], expected / expected.norm(), atol=1e-5)
+
+
+def test_k_means_on_tasks_of_clearly_different_datasets_recovers_the_datasets(mixed):
+    tasks = mixed.sample(90, 5, 1, 0, seed=0)
+    encoder = untrained_model()  # even random convolutions tell Omniglot, MNIST and the 8x8 digits apart
+    result = analyse(embed_tasks(encoder, tasks, "representation"), tasks.groups, 3, "representation")
+    assert result["ari"] > 0.7 and result["nmi"] > 0.7
+    assert sorted(row["dominant_group"] for row in result["clusters"]) == ["digits", "mnist", "omniglot"]
+    shuffled = np.random.default_rng(0).permutation(tasks.groups)
+    assert agreement(shuffled, result["labels"])["ari"] < 0.2  # the score can fail
+
+
+def test_the_elbow_and_the_silhouette_find_well_separated_blobs():
+    from sklearn.datasets import make_blobs
+
+    points, truth = make_blobs(200, centers=[(0, 0), (10, 0), (0, 10), (10, 10)], cluster_std=0.8, random_state=0)
+    scan = scan_k(points, range(1, 9))
+    assert math.isnan(scan[0]["silhouette"]) and scan[0]["inertia"] > scan[-1]["inertia"]
+    assert suggest_k(scan) == 4 and elbow_k(scan) == 4
+    labels = kmeans(points, 4)["labels"]
+    assert agreement(truth, labels)["ari"] == pytest.approx(1.0)
+    table = cluster_table(labels, [f"blob{t}" for t in truth])
+    assert sum(r["size"] for r in table) == 200 and all(r["purity"] == 1.0 for r in table)
+
+
+def test_routing_sends_each_training_task_to_the_expert_of_its_own_cluster(clustered_run, mixed):
+    config, run_dir, _ = clustered_run
+    _, model = runs.load_model(run_dir)
+    hp = model.hparams
+    tasks = load_source(hp.source, "train").sample(hp.tasks, config.n_way, config.k_shot, config.n_query, config.seed)
+    raw = embed_tasks(model.base, tasks, hp.embedding)
+    expected = kmeans(fit_feature_map(raw, hp.embedding)(raw), hp.k)["labels"]
+    batch = tasks.batch()
+    routed = model.route(batch.support_x, batch.support_y, config.n_way).numpy()
+    assert (routed == expected).mean() >= 0.95  # the same nearest centroid, up to float rounding at the borders
+    episode = mixed.sample(1, 5, 1, 5, seed=9).episodes[0]
+    expert = int(model.route(episode.support_x, episode.support_y, 5)[0])
+    ours = model.adapt(episode.support_x, episode.support_y, 5)(episode.query_x)
+    theirs = model.experts[expert].adapt(episode.support_x, episode.support_y, 5)(episode.query_x)
+    assert torch.equal(ours, theirs)
+    assert all(not torch.equal(model.experts[0].encoder.blocks[0][0].weight, e.encoder.blocks[0][0].weight)
+               for e in model.experts[1:])  # each expert was fine-tuned on its own tasks
+
+
+def test_a_clustered_run_saves_reloads_and_evaluates(clustered_run, digits):
+    config, run_dir, records = clustered_run
+    assert {"config.json", "status.json", "metrics.jsonl", "best.pt"} <= {p.name for p in run_dir.iterdir()}
+    status = runs.read_status(run_dir)
+    assert status["state"] == "finished" and status["step"] == 6 and sum(status["cluster_sizes"]) == 60
+    assert records[-1]["val_accuracy"] == status["best_val_accuracy"]
+    assert [(r["step"], r["expert"]) for r in records if "loss" in r] == [(2, 0), (4, 1), (6, 2)]
+    _, a = runs.load_model(run_dir)
+    _, b = runs.load_model(run_dir)
+    ra = meta_test(a, digits.pool("test"), 5, 1, 5, episodes=10, seed=1)
+    rb = meta_test(b, digits.pool("test"), 5, 1, 5, episodes=10, seed=1)
+    assert (ra["per_episode"] == rb["per_episode"]).all() and 0 <= ra["accuracy"] <= 1
+
+
+def test_the_command_line_evaluates_compares_and_clusters(clustered_run, base_run, capsys):
+    _, run_dir, _ = clustered_run
+    assert main(["eval", str(run_dir), "--episodes", "10", "--n-query", "5", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["episodes"] == 10 and 0 <= evaluated["accuracy"] <= 1
+    assert main(["compare", str(run_dir), str(run_dir), "--source", "mixed", "--episodes", "12", "--n-query", "3",
+                 "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert same["difference"] == 0 and same["difference_ci95"] == 0 and same["episodes"] == 12
+    assert same["source"] == "mixed" and sum(g["episodes"] for g in same["by_group"].values()) <= 12
+    assert main(["cluster", str(base_run), "--source", "mixed", "--tasks", "40", "--k", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"k", "ari", "nmi", "silhouette", "inertia", "sizes", "clusters"} <= set(report)
+    assert report["k"] == 3 and sum(report["sizes"]) == 40
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--algorithm", "clustered", "--steps", "1"], "needs --base"),
+        (["train", "--algorithm", "clustered", "--base", "/nonexistent", "--steps", "1"], "not a trained run"),
+        (["cluster", "/nonexistent/run"], "no checkpoint"),
+    ],
+)
+def test_bad_clustering_requests_give_one_clear_line(args, message, capsys, tmp_path):
+    assert main([*args, *(["--runs-dir", str(tmp_path)] if args[0] == "train" else [])]) == 2
+    assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the Task Clusters page
+
+
+def clusters_page(runs_dir, monkeypatch, **state) -> AppTest:
+    monkeypatch.setenv("LAB_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(ROOT / "pages" / "clusters.py"), default_timeout=300)
+    at.session_state["n_tasks"] = 100
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def test_the_clusters_page_works_with_an_untrained_encoder_before_any_run(tmp_path, monkeypatch, omniglot, mnist):
+    at = clusters_page(tmp_path, monkeypatch)
+    assert not at.exception and not at.error
+    assert "untrained" in at.info[0].value
+    assert at.sidebar.selectbox(key="run").value.startswith("untrained")
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["ARI"]) > 0.5 and metrics["Tasks"] == "100"
+    assert len(at.dataframe[0].value) == 3  # K starts at the number of true groups
+
+
+def test_the_clusters_page_controls_redraw_the_clusters_and_show_the_experts(clustered_run, monkeypatch):
+    _, run_dir, _ = clustered_run
+    at = clusters_page(run_dir.parent, monkeypatch)
+    assert not at.exception
+    assert at.sidebar.selectbox(key="run").value == "base"
+    table = at.dataframe[0].value
+    assert list(table["size"]) and table["size"].sum() == 100
+    assert {"global accuracy", "expert accuracy"} <= set(table.columns)  # the experts of this K exist
+    labels = [m.label for m in at.metric]
+    assert {"Global model", "Clustered experts", "Experts − global"} <= set(labels)
+    at.sidebar.slider(key="k-mixed").set_value(5).run()
+    assert len(at.dataframe[0].value) == 5 and "expert accuracy" not in at.dataframe[0].value.columns
+    for key, value in [("embedding", "gradient"), ("method", "t-SNE"), ("dims", 3), ("colour", "true group")]:
+        (at.sidebar.selectbox(key=key) if key == "embedding" else at.sidebar.radio(key=key)).set_value(value).run()
+        assert not at.exception, key
+    at.sidebar.selectbox(key="source").set_value("within-alphabet").run()
+    assert not at.exception and at.sidebar.slider(key="k-within-alphabet").value == 20
+
+
+def test_the_train_button_starts_the_experts_in_a_background_process(clustered_run, monkeypatch, tmp_path):
+    _, run_dir, _ = clustered_run
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    shutil.copytree(run_dir.parent / "base", runs_dir / "base")
+    at = clusters_page(runs_dir, monkeypatch, steps=2)
+    at.button[0].click().run()
+    launched = at.session_state["launched"]
+    pid = launched["pid"]
+    try:
+        assert os.getsid(pid) == pid  # its own session: it outlives the page
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"clustered" in cmdline and str(runs_dir.resolve()).encode() in cmdline
+        assert Path(launched["run"]).parent == runs_dir.resolve()
+    finally:
+        os.killpg(pid, signal.SIGTERM)
