@@ -6,6 +6,6 @@ st.set_page_config(page_title="Meta-Learning Lab", page_icon="🧪", layout="wid
 
 pages = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/clusters.py", title="Task Clusters", icon="🧩"),
+    st.Page("pages/clusters.py", title="Task Clusters", icon=":material/bubble_chart:"),
 ]
 st.navigation(pages).run()
