@@ -132,7 +132,8 @@ def cmd_train_clustered(args) -> int:
         raise ValueError("--algorithm clustered needs --base RUN_DIR, the run the experts start from")
     fields = {"n_way": args.n_way, "k_shot": args.k_shot, "n_query": args.n_query, "meta_batch": args.meta_batch,
               "meta_lr": args.meta_lr, "steps": args.steps, "minutes": args.minutes, "seed": args.seed,
-              "device": args.device, "val_episodes": args.val_episodes, "log_every": args.log_every}
+              "device": args.device, "val_every": args.val_every, "val_episodes": args.val_episodes,
+              "log_every": args.log_every}
     config = clustered_config(args.base, args.k, args.source, args.embedding,
                               json.loads(args.hparams) if args.hparams else None, **fields)
     run_dir = runs.create_run(args.runs_dir or runs.default_runs_dir(), config, args.name)
@@ -161,7 +162,7 @@ def cmd_cluster(args) -> int:
         _print_json(out)
     else:
         if "scan" in out:
-            print(f"suggested K {out['suggested_k']} (best silhouette), elbow at K {out['elbow_k']}")
+            print(f"suggested K {out['suggested_k']} (elbow at K {out['elbow_k']}, checked by the silhouette)")
         print(f"{out['source']}: {out['tasks']} tasks, {out['embedding']} embedding, K = {out['k']}: "
               f"ARI {out['ari']:.3f}, NMI {out['nmi']:.3f}, silhouette {out['silhouette']:.3f}, "
               f"inertia {out['inertia']:.1f}")
@@ -455,7 +456,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("run", help="a run folder or a checkpoint file (its encoder embeds the tasks)")
     q.add_argument("--source", default="mixed", choices=SOURCES)
     q.add_argument("--tasks", type=int, default=500)
-    q.add_argument("--k", type=int, help="number of clusters (default: the best silhouette over K = 2..--max-k)")
+    q.add_argument("--k", type=int, help="number of clusters (default: suggested by the elbow and the silhouette)")
     q.add_argument("--max-k", type=int, default=20)
     q.add_argument("--embedding", default="representation", choices=EMBEDDINGS)
     q.add_argument("--n-way", type=int, default=5)

@@ -1,6 +1,5 @@
 """Task Clusters: embed tasks, K-means them, look at the clusters, and train one expert per cluster."""
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +123,8 @@ cols[0].metric("Tasks", n_tasks, help=f"{N_WAY}-way {K_SHOT}-shot test tasks of 
 cols[1].metric("ARI", f"{score['ari']:.3f}", help="Adjusted Rand index against the true groups (1 = identical)")
 cols[2].metric("NMI", f"{score['nmi']:.3f}", help="Normalised mutual information against the true groups")
 cols[3].metric("Silhouette", "–" if np.isnan(sil) else f"{sil:.3f}")
-cols[4].metric("Suggested K", suggest_k(scan), help=f"Best silhouette; the elbow of the inertia is at K = {elbow_k(scan)}")
+cols[4].metric("Suggested K", suggest_k(scan), help=f"The elbow of the inertia (K = {elbow_k(scan)}) unless its "
+               "silhouette is under half the best one, then the best silhouette's K")
 
 left, right = st.columns(2)
 left.plotly_chart(line(scan, "inertia", "Elbow: inertia", k), width="stretch")
@@ -140,7 +140,9 @@ order = {colour: sorted(set(frame[colour]), key=lambda s: (len(s), s))}
 common = dict(color=colour, custom_data=["task"], hover_data=["task", "cluster", "true group"],
               color_discrete_sequence=palette, category_orders=order)
 fig = px.scatter(frame, x="x", y="y", **common) if dims == 2 else px.scatter_3d(frame, x="x", y="y", z="z", **common)
-fig.update_traces(marker=dict(size=7 if dims == 2 else 4, line=dict(width=0.5, color="white")))
+fig.update_traces(marker=dict(size=8 if dims == 2 else 4, line=dict(width=0.5, color="white")))
+if dims == 2:  # the clicked task stands out
+    fig.update_traces(selected=dict(marker=dict(size=18, opacity=1.0)), unselected=dict(marker=dict(opacity=0.55)))
 fig.update_layout(height=560, margin=dict(l=10, r=10, t=30, b=10), legend_title_text=colour,
                   title=f"{n_tasks} tasks by {method} of the {embedding} embedding")
 st.subheader("Tasks")
@@ -156,7 +158,7 @@ if picked:
     st.image(images, caption=task_source.class_names(tasks, i), width=112)
 
 st.subheader("Clusters")
-table = pd.DataFrame(cluster_table(labels, groups))
+table = pd.DataFrame(cluster_table(labels, groups)).rename(columns={"dominant_group": "dominant group"})
 experts_run = None
 if path != UNTRAINED:
     done = [r for r in find_clustered_runs(runs_dir, path, source, embedding, k) if r["status"] == "finished"]
@@ -166,9 +168,11 @@ if experts_run:
     expert_acc = accuracies(experts_run, stamp_of(experts_run), source, n_tasks)
     table["global accuracy"] = [base_acc[labels == c].mean() if (labels == c).any() else np.nan for c in range(k)]
     table["expert accuracy"] = [expert_acc[labels == c].mean() if (labels == c).any() else np.nan for c in range(k)]
+percent = {name: st.column_config.NumberColumn(name, format="percent")
+           for name in ("global accuracy", "expert accuracy")}
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={"purity": st.column_config.ProgressColumn("purity", min_value=0.0, max_value=1.0,
-                                                                      format="percent")})
+                                                                      format="percent"), **percent})
 
 st.subheader("Cluster experts")
 if path == UNTRAINED:
@@ -189,21 +193,25 @@ steps = st.number_input("Fine-tuning steps (all experts together)", 1, 5000, 100
 if st.button(f"Train {k} cluster experts in the background", type="primary"):
     run_dir, pid = launch_clustered(path, k, source, embedding, runs_dir, tasks=max(n_tasks, 300), steps=int(steps),
                                     val_episodes=100)
-    st.session_state["launched"] = {"run": str(run_dir), "pid": pid, "at": time.time()}
+    st.session_state["launched"] = {"run": str(run_dir), "pid": pid, "steps": int(steps)}
 launched = st.session_state.get("launched")
 
 
 @st.fragment(run_every="3s")
-def training_progress(run: Path) -> None:
+def training_progress(run: Path, total: int) -> None:
     status = runs.read_status(run) if run.exists() else {"state": "starting"}
+    log = run.parent / f".{run.name}.log"
+    if not run.exists() and log.exists() and "error:" in log.read_text():  # refused before it began
+        status = {"state": "failed", "error": log.read_text().strip().splitlines()[-1]}
     st.progress(float(status.get("progress") or 0.0),
-                text=f"{run.name}: {status['state']}, step {status.get('step', 0)} of {int(steps)}")
+                text=f"{run.name}: {status['state']}, step {status.get('step', 0)} of {total}")
     if status.get("error"):
         st.error(status["error"])
-    if status["state"] == "finished":
+    if status["state"] in ("finished", "failed", "stopped"):
         st.session_state.pop("launched", None)
-        st.rerun()
+        if status["state"] == "finished":
+            st.rerun()
 
 
 if launched and not experts_run:
-    training_progress(Path(launched["run"]))
+    training_progress(Path(launched["run"]), launched["steps"])

@@ -78,23 +78,26 @@ def test_clicking_a_task_in_the_scatter_shows_its_support_images(server, browser
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     try:
-        page.goto(f"{server}/clusters", timeout=TIMEOUT_MS)
+        page.goto(server, timeout=TIMEOUT_MS)
+        page.get_by_role("link", name="Task Clusters").click(timeout=TIMEOUT_MS)
         points = page.locator(".st-key-scatter .scatterlayer path.point")
         points.first.wait_for(state="visible", timeout=TIMEOUT_MS)
         assert points.count() == 300  # one marker per task
         assert page.get_by_text("untrained").first.is_visible()
-        assert page.locator('[data-testid="stImage"]').count() == 0
+        assert page.locator('[data-testid="stImage"] img').count() == 0
 
         target = points.nth(7)
         target.scroll_into_view_if_needed()
         box = target.bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.locator("strong", has_text=re.compile(r"^Task \d+$")).wait_for(timeout=TIMEOUT_MS)
-        images = page.locator('[data-testid="stImage"]')
+        images = page.locator('[data-testid="stImage"] img')
         images.first.wait_for(state="visible", timeout=TIMEOUT_MS)
         assert images.count() == 5  # a 5-way 1-shot support set
-        assert page.locator('[data-testid="stImage"] img').first.evaluate("img => img.naturalWidth") > 0
-        page.locator('[data-testid="stImage"]').first.scroll_into_view_if_needed()
-        page.screenshot(path=str(ARTIFACTS / "clusters-page.png"), full_page=True)
+        assert all(images.nth(i).evaluate("img => img.complete && img.naturalWidth") == 112 for i in range(5))
+        page.mouse.move(5, 5)  # no hover label in the picture
+        page.set_viewport_size({"width": 1500, "height": 2000})  # the whole page at once: the app scrolls inside
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "clusters-page.png"))
     finally:
         page.close()

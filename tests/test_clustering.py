@@ -152,8 +152,17 @@ def test_routing_sends_each_training_task_to_the_expert_of_its_own_cluster(clust
     ours = model.adapt(episode.support_x, episode.support_y, 5)(episode.query_x)
     theirs = model.experts[expert].adapt(episode.support_x, episode.support_y, 5)(episode.query_x)
     assert torch.equal(ours, theirs)
-    assert all(not torch.equal(model.experts[0].encoder.blocks[0][0].weight, e.encoder.blocks[0][0].weight)
-               for e in model.experts[1:])  # each expert was fine-tuned on its own tasks
+
+
+def test_each_expert_keeps_the_weights_that_did_best_on_its_validation_tasks(clustered_run):
+    _, run_dir, records = clustered_run
+    _, model = runs.load_model(run_dir)
+    kept = runs.load_checkpoint(run_dir / "best.pt")["expert_steps"]
+    assert len(kept) == 3 and all(0 <= s <= 2 for s in kept)
+    for expert, steps in zip(model.experts, kept):  # 0 steps: fine-tuning did not help, so the base stays
+        unchanged = torch.equal(expert.encoder.blocks[0][0].weight, model.base.encoder.blocks[0][0].weight)
+        assert unchanged == (steps == 0)
+    assert all("val_accuracy" in r for r in records if "loss" in r)  # validated at the end of every expert
 
 
 def test_a_clustered_run_saves_reloads_and_evaluates(clustered_run, digits):

@@ -45,9 +45,10 @@ def gradient_embedding(model, support_x: torch.Tensor, support_y: torch.Tensor, 
     """Per-task gradient of the prototype classifier's support loss w.r.t. the encoder's last block.
 
     ``(T, n, 1, H, W)``, labels ``(T, n)`` -> ``(T, 37056)`` for Conv4: conv bias, norm scale and
-    shift, then the conv weights, scaled to unit length (the direction of the update). As TSA-MAML's adapted parameters are the initialisation minus
-    a step along this gradient, clustering the gradients clusters the adapted models. The loss
-    sums over classes, so relabelling the classes leaves it, and its gradient, unchanged.
+    shift, then the conv weights, scaled to unit length (the direction of the update). As
+    TSA-MAML's adapted parameters are the initialisation minus a step along this gradient,
+    clustering the gradients clusters the adapted models. The loss sums over classes, so
+    relabelling the classes leaves it, and its gradient, unchanged.
 
     All tasks go through one batched graph: the bias and norm parameters get one copy per task
     (so autograd returns per-task gradients), and the conv-weight gradient is the product of the

@@ -4,6 +4,7 @@ models on the tasks of a source.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -52,7 +53,7 @@ def clustered_config(base: str | Path, k: int = 3, source: str = "mixed", embedd
 
     The dataset and split come from the base (so ``python -m lab eval`` of the clustered run
     meets the same test classes as the base's); ``fields`` override any other setting. By default
-    the experts share 100 fine-tuning steps each of 4 tasks, at a learning rate of 5e-4.
+    each expert gets 100 fine-tuning steps of 4 tasks at a learning rate of 5e-4, validated every 25.
     """
     from lab import runs
     from lab.config import TrainConfig
@@ -67,7 +68,7 @@ def clustered_config(base: str | Path, k: int = 3, source: str = "mixed", embedd
         "algorithm": "clustered", "dataset": base_config["dataset"], "data_dir": base_config.get("data_dir"),
         "split_scheme": base_config.get("split_scheme"), "n_way": base_config["n_way"],
         "k_shot": base_config["k_shot"], "n_query": 5, "meta_batch": 4, "meta_lr": 5e-4, "steps": 100 * k,
-        "val_episodes": 300,
+        "val_every": 25, "val_episodes": 300,
     }
     values.update({key: value for key, value in fields.items() if value is not None})
     values["hparams"] = {**(hparams or {}), "base": str(base.resolve()), "k": k, "source": source,
@@ -95,9 +96,10 @@ def train_clustered(config, run_dir: str | Path | None = None) -> Iterator[dict]
 
     Draws ``tasks`` training tasks from the source's train split, embeds them with the base,
     K-means them, and fine-tunes one copy of the base per cluster on that cluster's tasks
-    (``steps`` in all, shared equally; ``meta_batch`` tasks a step). Then both the base and the
-    routed experts are measured on ``val_episodes`` tasks of the source's validation split, and
-    the run is saved as ``best.pt``. A stop request ends the fine-tuning early, still saving.
+    (``steps`` in all, shared equally; ``meta_batch`` tasks a step). Every ``val_every`` steps an
+    expert is measured on the validation tasks routed to its cluster (``val_episodes`` tasks of the
+    source's validation split in all), and it keeps its best weights, which may be the base's own.
+    The run is saved as ``best.pt``. A stop request ends the fine-tuning early, still saving.
     """
     from lab import runs
     from lab.algorithms import build
@@ -118,16 +120,24 @@ def train_clustered(config, run_dir: str | Path | None = None) -> Iterator[dict]
         _, base = runs.load_model(hp.base, device=device)
         tasks = load_source(hp.source, "train", data_root, hp.folder).sample(
             hp.tasks, config.n_way, config.k_shot, config.n_query, config.seed)
+        val_tasks = load_source(hp.source, "val", data_root, hp.folder).sample(
+            config.val_episodes, config.n_way, config.k_shot, config.n_query, config.seed + 1)
         model = build(config).to(device)
         for net in (model.base, *model.experts):
             net.load_state_dict(base.state_dict())
         labels = fit_router(model, base, tasks, config.seed)
         sizes = np.bincount(labels, minlength=hp.k).tolist()
+        val_batch = val_tasks.batch()
+        val_labels = model.route(val_batch.support_x, val_batch.support_y, config.n_way).numpy()
         rng = np.random.default_rng(config.seed)
         budget = config.minutes * 60 / hp.k if config.minutes else math.inf
+        kept_steps = []
         with _StopSignal() as signals:
             for c, (expert, share) in enumerate(zip(model.experts, _shares(config.steps, hp.k))):
                 members, cursor, began = rng.permutation(np.flatnonzero(labels == c)), 0, time.perf_counter()
+                mine = [val_tasks.episodes[i] for i in np.flatnonzero(val_labels == c)]
+                score = lambda: float(episode_accuracies(expert, mine, device).mean()) if mine else 0.0  # noqa: E731
+                best, best_state, best_step = score(), copy.deepcopy(expert.state_dict()), 0  # the base itself
                 optimizer = expert.configure_optimizer(config.meta_lr)
                 window = []
                 for s in range(share if len(members) else 0):
@@ -147,7 +157,8 @@ def train_clustered(config, run_dir: str | Path | None = None) -> Iterator[dict]
                     optimizer.step()
                     step += 1
                     window.append((out.loss.item(), out.accuracy.item()))
-                    if step % config.log_every and s < share - 1:
+                    validate = (s + 1) % config.val_every == 0 or s == share - 1
+                    if step % config.log_every and not validate:
                         continue
                     progress = min(1.0, step / config.steps)
                     record = {"step": step, "expert": c, "cluster_size": sizes[c],
@@ -155,25 +166,30 @@ def train_clustered(config, run_dir: str | Path | None = None) -> Iterator[dict]
                               "accuracy": float(np.mean([w[1] for w in window])),
                               "elapsed_s": elapsed(), "progress": progress,
                               "eta_s": elapsed() / max(progress, 1e-9) - elapsed()}
+                    if validate:
+                        record["val_accuracy"] = score()
+                        if record["val_accuracy"] > best:
+                            best, best_step = record["val_accuracy"], s + 1
+                            best_state = copy.deepcopy(expert.state_dict())
                     window = []
                     if run_dir is not None:
                         runs.append_jsonl(run_dir / "metrics.jsonl", record)
                         runs.write_status(run_dir, "running", step=step, progress=progress, eta_s=record["eta_s"],
                                           elapsed_s=record["elapsed_s"])
                     yield record
+                expert.load_state_dict(best_state)
+                kept_steps.append(best_step)
                 if reason == "stopped":
                     break
         model.eval()
-        val_tasks = load_source(hp.source, "val", data_root, hp.folder).sample(
-            config.val_episodes, config.n_way, config.k_shot, config.n_query, config.seed + 1)
         val_accuracy = float(episode_accuracies(model, val_tasks.episodes, device).mean())
         base_val = float(episode_accuracies(base, val_tasks.episodes, device).mean())
-        record = {"step": step, "val_accuracy": val_accuracy,
-                  "base_val_accuracy": base_val, "best_val_accuracy": val_accuracy, "cluster_sizes": sizes,
+        record = {"step": step, "val_accuracy": val_accuracy, "base_val_accuracy": base_val,
+                  "best_val_accuracy": val_accuracy, "cluster_sizes": sizes, "expert_steps": kept_steps,
                   "elapsed_s": elapsed(), "progress": 1.0, "eta_s": 0.0}
         if run_dir is not None:
             runs.save_checkpoint(run_dir / "best.pt", model, None, config, step=step, best_val=val_accuracy,
-                                 base_val=base_val, cluster_sizes=sizes, elapsed_s=elapsed())
+                                 base_val=base_val, cluster_sizes=sizes, expert_steps=kept_steps, elapsed_s=elapsed())
             runs.append_jsonl(run_dir / "metrics.jsonl", record)
         yield record
     except Exception as err:
@@ -184,7 +200,7 @@ def train_clustered(config, run_dir: str | Path | None = None) -> Iterator[dict]
         (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
         runs.write_status(run_dir, reason, step=step, progress=1.0 if reason == "finished" else step / config.steps,
                           eta_s=None, elapsed_s=elapsed(), best_val_accuracy=val_accuracy,
-                          base_val_accuracy=base_val, cluster_sizes=sizes)
+                          base_val_accuracy=base_val, cluster_sizes=sizes, expert_steps=kept_steps)
 
 
 def find_clustered_runs(runs_dir: str | Path, base: str | Path, source: str, embedding: str, k: int) -> list[dict]:
@@ -201,7 +217,8 @@ def find_clustered_runs(runs_dir: str | Path, base: str | Path, source: str, emb
 
 
 def launch_clustered(base: str | Path, k: int, source: str, embedding: str, runs_dir: str | Path, tasks: int = 1000,
-                     steps: int | None = None, val_episodes: int | None = None, name: str | None = None) -> tuple[Path, int]:
+                     steps: int | None = None, val_episodes: int | None = None,
+                     name: str | None = None) -> tuple[Path, int]:
     """Train cluster experts in a background process (its own session, so it outlives the caller).
 
     Runs ``python -m lab train --algorithm clustered ...``; returns the run folder it will write and

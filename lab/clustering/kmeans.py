@@ -70,16 +70,22 @@ def elbow_k(scan: list[dict]) -> int:
 
 
 def suggest_k(scan: list[dict]) -> int:
-    """The K with the best silhouette; the elbow's K when no silhouette is defined."""
-    scored = [r for r in scan if not math.isnan(r["silhouette"])]
-    return max(scored, key=lambda r: r["silhouette"])["k"] if scored else elbow_k(scan)
+    """K from both curves: the elbow's K when its silhouette is at least half the best one, else the
+    best silhouette's K (the silhouette alone tends to favour K = 2 when two groups lie close)."""
+    elbow = elbow_k(scan)
+    scored = {r["k"]: r["silhouette"] for r in scan if not math.isnan(r["silhouette"])}
+    if not scored:
+        return elbow
+    best = max(scored, key=scored.get)
+    return elbow if elbow in scored and scored[elbow] >= 0.5 * scored[best] > 0 else best
 
 
 def agreement(groups, labels) -> dict:
     """How well clusters match the true groups: adjusted Rand index and normalised mutual information."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    return {"ari": float(adjusted_rand_score(groups, labels)), "nmi": float(normalized_mutual_info_score(groups, labels))}
+    return {"ari": float(adjusted_rand_score(groups, labels)),
+            "nmi": float(normalized_mutual_info_score(groups, labels))}
 
 
 def cluster_table(labels: np.ndarray, groups: list[str]) -> list[dict]:
@@ -124,7 +130,7 @@ def cluster_report(model, source: str, n_tasks: int = 500, k: int | None = None,
     """Embed ``n_tasks`` tasks of ``source``, K-means them, and score the clusters against the true groups.
 
     Without ``k`` the elbow and silhouette curves over K = 1..``max_k`` are computed and the
-    silhouette's best K is used. JSON-ready (``python -m lab cluster``).
+    K that :func:`suggest_k` draws from them is used. JSON-ready (``python -m lab cluster``).
     """
     tasks = load_source(source, split, data_dir, folder).sample(n_tasks, n_way, k_shot, 0, seed)
     raw = embed_tasks(model, tasks, embedding)
@@ -136,7 +142,8 @@ def cluster_report(model, source: str, n_tasks: int = 500, k: int | None = None,
         k = suggest_k(scan)
         out.update(scan=scan, elbow_k=elbow_k(scan), suggested_k=k)
     result = kmeans(features, k, seed)
-    out.update(k=k, inertia=result["inertia"], silhouette=result["silhouette"], **agreement(tasks.groups, result["labels"]),
+    out.update(k=k, inertia=result["inertia"], silhouette=result["silhouette"],
+               **agreement(tasks.groups, result["labels"]),
                sizes=np.bincount(result["labels"], minlength=k).tolist(),
                clusters=cluster_table(result["labels"], tasks.groups))
     return out
