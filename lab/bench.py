@@ -6,6 +6,7 @@ asserted in the test-suite, since timings on shared machines are noisy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import tempfile
@@ -222,9 +223,10 @@ def bench_algorithms(args) -> list[dict]:
             model.outer_loss(batch).loss.backward()
             optimizer.step()
 
-        def reference(batch):
+        def reference(batch):  # under the same autocast as the learner, if it uses one
             optimizer.zero_grad(set_to_none=True)
-            reference_backward(model, batch)
+            with model._autocast(device) if hasattr(model, "_autocast") else contextlib.nullcontext():
+                reference_backward(model, batch)
             optimizer.step()
 
         def timed(fn, batch) -> float:

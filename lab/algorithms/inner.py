@@ -117,13 +117,14 @@ def gradients(loss_fn: LossFn, params: Params, names: Sequence[str], create_grap
 
 
 def inner_loop(loss_fn: LossFn, params: Params, steps: int, update: Update, adapted: Sequence[str] | None = None,
-               second_order: bool = True, functional: bool = False, symmetric_head: bool = True) -> Params:
+               second_order: bool = True, functional: bool = False, symmetric_head: bool = False) -> Params:
     """``steps`` steps of ``update`` on the support loss ``loss_fn``, from ``params``; the adapted params.
 
     Only the names in ``adapted`` (default: all) change. ``second_order`` keeps the graph of each
-    gradient, so the result can be differentiated through the steps. ``symmetric_head`` says
-    that the head's rows are all equal at the start, so step 0 differentiates the head alone (the
-    other gradients are exactly zero then, see the module's docstring).
+    gradient, so the result can be differentiated through the steps. ``symmetric_head`` promises
+    that the head's rows (``head.weight``, ``head.bias``) are all equal at the start, so step 0
+    differentiates the head alone (the other gradients are exactly zero then, see the module's
+    docstring); the result is then the same, only cheaper.
     """
     adapted = list(params) if adapted is None else list(adapted)
     state: dict = {}
@@ -158,7 +159,7 @@ class InnerHparams:
 
     inner_steps: int = 5  # gradient steps on the support set per task during meta-training
     inner_lr: float = 0.1  # step size of the inner loop (0.4, Finn et al.'s Omniglot rate, diverges with this GroupNorm Conv4)
-    test_inner_steps: int = 10  # steps when adapting to a new task (meta-validation, meta-test, the drawing pad)
+    test_inner_steps: int | None = None  # steps when adapting to a new task (validation, test, drawing pad); None: inner_steps
     first_order: bool = False  # ignore second derivatives in the meta-gradient (cheaper)
     vectorize: str = "auto"  # tasks at once under vmap, or one by one; auto: vmap on CUDA, the loop elsewhere
     precision: str = "auto"  # bf16 autocast or fp32; auto: bf16 on CUDA, fp32 elsewhere
@@ -167,6 +168,8 @@ class InnerHparams:
     def __post_init__(self):
         for name in ("inner_steps", "test_inner_steps", "hidden"):
             value = getattr(self, name)
+            if name == "test_inner_steps" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: must be a positive whole number, not {value!r}")
         if not isinstance(self.inner_lr, (int, float)) or not self.inner_lr > 0:
@@ -197,6 +200,11 @@ class GradientLearner(MetaLearner):
         self.head_bias = nn.Parameter(torch.zeros(1))
 
     # ----------------------------------------------------------------- pieces
+
+    @property
+    def test_steps(self) -> int:
+        """Inner steps when adapting to a new task (measured best when equal to training's, the default)."""
+        return self.hparams.test_inner_steps or self.hparams.inner_steps
 
     def task_params(self, n_way: int, detach: bool = False) -> Params:
         """The parameters a task starts from: the encoder's, and the head row copied ``n_way`` times."""
@@ -237,7 +245,7 @@ class GradientLearner(MetaLearner):
             return F.cross_entropy(self.logits(p, support_x), support_y)
 
         return inner_loop(support_loss, params, steps, update or self.update_rule(steps), self.adapted_names(params),
-                          second_order, functional)
+                          second_order, functional, symmetric_head=True)
 
     # ----------------------------------------------------------------- meta-training
 
@@ -284,7 +292,7 @@ class GradientLearner(MetaLearner):
         """Run the inner loop (``test_inner_steps`` steps, first order) on the support set, even under no_grad."""
         with torch.enable_grad():
             params = self.adapt_params(self.task_params(n_way, detach=True), support_x, support_y,
-                                       self.hparams.test_inner_steps, second_order=False)
+                                       self.test_steps, second_order=False)
         params = {k: v.detach() for k, v in params.items()}
 
         def predict(x: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,8 @@ class ANIL(GradientLearner):
             logits = head_logits(p, support_f)
             return F.cross_entropy(logits.flatten(0, 1), support_y.flatten(), reduction="sum") / support_y.shape[1]
 
-        return inner_loop(support_loss, params, steps, self.update_rule(steps), list(HEAD), second_order)
+        return inner_loop(support_loss, params, steps, self.update_rule(steps), list(HEAD), second_order,
+                          symmetric_head=True)
 
     def outer_loss(self, batch: Episode) -> StepOutput:
         with self._autocast(batch.support_x.device):
@@ -108,7 +109,7 @@ class ANIL(GradientLearner):
         with torch.no_grad():
             (support_f,) = self._encode(support_x[None])
         with torch.enable_grad():
-            heads = self.adapt_heads(support_f, support_y[None], n_way, self.hparams.test_inner_steps,
+            heads = self.adapt_heads(support_f, support_y[None], n_way, self.test_steps,
                                      second_order=False, detach=True)
         heads = {k: v.detach() for k, v in heads.items()}
 
