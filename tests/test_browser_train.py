@@ -164,7 +164,14 @@ def drive(browser, url, runs_dir, other):
     assert status["state"] == "stopped" and runs.load_checkpoint(runs_dir / "browser-run" / "last.pt")["step"] == status["step"]
     stopped_points = _points(page)
 
-    main.get_by_role("button", name="Resume", exact=True).click()
+    # A click that lands while the live panel is being redrawn can be lost; a person clicks again.
+    for _ in range(3):
+        main.get_by_role("button", name="Resume", exact=True).click()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and runs.read_status(runs_dir / "browser-run")["state"] == "stopped":
+            time.sleep(0.5)
+        if runs.read_status(runs_dir / "browser-run")["state"] != "stopped":
+            break
     expect(badge(page, "Running").or_(badge(page, "Finished"))).to_be_visible()
     _screenshot(page, "meta-train-live")
     expect(badge(page, "Finished")).to_be_visible(timeout=120_000)
