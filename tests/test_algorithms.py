@@ -44,7 +44,7 @@ def one_thread():
 
 def small(name: str, n_way: int = 5, **hparams):
     cls = REGISTRY[name]
-    values = {"hidden": 16} if name == "metanet" else {**SMALL, **hparams}
+    values = {"hidden": 16, **hparams} if name == "metanet" else {**SMALL, **hparams}
     torch.manual_seed(0)
     return cls(cls.make_hparams(values), n_way)
 
@@ -109,12 +109,16 @@ def test_the_first_inner_step_moves_only_the_class_symmetric_head(omniglot):
     grads = torch.autograd.grad(support_loss(params), list(params.values()))
     assert all(g.abs().max() == 0 for k, g in zip(params, grads) if k not in HEAD)
     assert all(g.abs().max() > 0 for k, g in zip(params, grads) if k == "head.weight")
+    # so skipping the encoder at step 0 changes nothing but the cost
+    short = inner_loop(support_loss, params, 3, sgd(0.1), second_order=False, symmetric_head=True)
+    full = inner_loop(support_loss, params, 3, sgd(0.1), second_order=False, symmetric_head=False)
+    assert all(torch.allclose(short[k], full[k], atol=1e-7) for k in params)
 
 
-@pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "learned-opt", "reptile"])
+@pytest.mark.parametrize("name", ALL)
 def test_the_vectorised_loss_and_meta_gradient_equal_the_per_task_loop(name, batch):
     out_loop, loop = meta_gradient(small(name, vectorize="loop"), batch)
-    out_vmap, vmap = meta_gradient(small(name, vectorize="vmap"), batch)
+    out_vmap, vmap = meta_gradient(small(name, vectorize="batched" if name == "metanet" else "vmap"), batch)
     assert out_vmap.loss.item() == pytest.approx(out_loop.loss.item(), abs=1e-5)
     assert out_vmap.accuracy.item() == pytest.approx(out_loop.accuracy.item())
     assert_close(loop, vmap)
@@ -139,9 +143,9 @@ def test_second_and_first_order_meta_gradients_differ_and_are_finite(batch):
 
 
 def test_bf16_autocast_gives_a_close_finite_loss(batch):
-    """The mixed-precision path (the default on CUDA), exercised here with the CPU's bf16 autocast."""
+    """The mixed-precision vmap path (the default on CUDA), exercised here with the CPU's bf16 autocast."""
     full, _ = meta_gradient(small("maml"), batch)
-    mixed, grads = meta_gradient(small("maml", precision="bf16"), batch)
+    mixed, grads = meta_gradient(small("maml", precision="bf16", vectorize="vmap"), batch)
     assert abs(mixed.loss.item() - full.loss.item()) < 0.05
     assert all(torch.isfinite(g).all() and g.dtype == torch.float32 for g in grads)
 
@@ -266,7 +270,8 @@ def short_config(name: str, **changes) -> TrainConfig:
     hparams = {"hidden": 32} if name == "metanet" else {"hidden": 32, "inner_steps": 2, "inner_lr": 0.1}
     if name == "learned-opt":
         hparams["compare_sgd"] = False
-    base = dict(algorithm=name, dataset="omniglot", n_way=5, k_shot=1, n_query=5, meta_batch=2, steps=20,
+    base = dict(algorithm=name, dataset="omniglot", n_way=5, k_shot=1, n_query=5, meta_batch=2,
+                steps=40 if name == "reptile" else 20,  # Reptile, first order and query-blind, learns slowest
                 meta_lr=5e-3, val_every=20, val_episodes=5, log_every=10, seed=0, hparams=hparams)
     return TrainConfig(**{**base, **changes})
 
@@ -274,11 +279,12 @@ def short_config(name: str, **changes) -> TrainConfig:
 @pytest.mark.parametrize("name", ALL)
 def test_every_algorithm_beats_chance_by_a_wide_margin_after_a_short_training(name, omniglot, tmp_path):
     """Twenty steps of two 5-way 1-shot tasks (seconds). Untrained, these models score about
-    0.34 (gradient-based, adapting at test time) or 0.19 (metanet) on these episodes."""
+    0.37 (gradient-based, adapting at test time) or 0.18 (metanet) on these episodes; trained,
+    0.50 (reptile) to 0.57 when measured."""
     config = short_config(name)
     run_dir = runs.create_run(tmp_path, config, name)
     records = list(train(config, run_dir))
-    assert [r["step"] for r in records] == [10, 20]
+    assert [r["step"] for r in records] == list(range(10, config.steps + 1, 10))
     _, model = runs.load_model(run_dir)
     result = meta_test(model, omniglot.pool("test"), 5, 1, 5, episodes=20, seed=0)
     assert result["accuracy"] > 0.45  # chance is 0.2
@@ -304,9 +310,11 @@ def test_the_bench_prints_one_json_object_per_configuration(omniglot):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_ten_minutes_of_training_reach_90_percent_on_5_way_1_shot(name, omniglot, tmp_path):
-    """The accuracy floor on a CPU: ten minutes of meta-training, then 1000 meta-test episodes."""
+    """The accuracy floor on a CPU: ten minutes of meta-training, then 1000 meta-test episodes.
+    Run with ``OMP_NUM_THREADS=1 python -m pytest -m slow tests/test_algorithms.py -k ten_minutes``."""
     hparams = {} if name == "metanet" else {"inner_steps": 2}
-    config = TrainConfig(algorithm=name, dataset="omniglot", n_way=5, k_shot=1, n_query=5, meta_batch=4,
+    config = TrainConfig(algorithm=name, dataset="omniglot", n_way=5, k_shot=1, n_query=5,
+                         meta_batch=8 if name == "metanet" else 4,
                          steps=10**6, minutes=10, meta_lr=2e-3, val_every=200, val_episodes=100, log_every=50,
                          seed=0, hparams=hparams)
     run_dir = runs.create_run(tmp_path, config, name)

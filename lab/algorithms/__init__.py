@@ -7,6 +7,5 @@ predictor for a new task, shared by meta-testing and the drawing pad.
 
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput, register, REGISTRY, build  # noqa: F401
 from lab.algorithms import protonet  # noqa: F401  (registers itself)
-from lab.algorithms import maml  # noqa: F401
-from lab.algorithms import metasgd, learned_opt, reptile, metanet  # noqa: F401,E401
+from lab.algorithms import maml, metasgd, learned_opt, reptile, metanet  # noqa: F401  (each registers itself)
 from lab.algorithms import clustered  # noqa: F401,E402  (registers itself)

@@ -150,6 +150,28 @@ def surrogate_loss(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor 
     return value.detach() + (dot - dot.detach() if torch.is_tensor(dot) else 0.0)
 
 
+def task_by_task(model: nn.Module, batch: Episode, task_loss: Callable) -> StepOutput:
+    """Mean query loss and accuracy over ``batch``, one task at a time.
+
+    ``task_loss(support_x, support_y, query_x, query_y) -> (loss, correct count)``. Each task's
+    meta-gradient is taken as soon as its loss is known, so only one task's graph is alive at a
+    time (on a CPU this measured faster than one graph for the whole batch), and the sum is
+    handed back through :func:`surrogate_loss`.
+    """
+    meta = [p for p in model.parameters() if p.requires_grad]
+    total: list[torch.Tensor | None] = [None] * len(meta)
+    loss_sum, correct = 0.0, 0
+    tasks = batch.support_x.shape[0]
+    for i in range(tasks):
+        loss, right = task_loss(*(t[i] for t in batch[:4]))
+        if torch.is_grad_enabled():
+            grads = torch.autograd.grad(loss / tasks, meta, allow_unused=True)
+            total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, grads)]
+        loss_sum, correct = loss_sum + loss.detach(), correct + right
+    loss = surrogate_loss(meta, total, loss_sum / tasks) if torch.is_grad_enabled() else loss_sum / tasks
+    return StepOutput(loss, correct / batch.query_y.numel())
+
+
 # --------------------------------------------------------------------------- the shared learner
 
 
@@ -272,19 +294,7 @@ class GradientLearner(MetaLearner):
         return StepOutput(losses.mean(), correct.sum() / batch.query_y.numel())
 
     def _outer_loop(self, batch: Episode, n_way: int) -> StepOutput:
-        """Task by task, each task's meta-gradient taken at once so only one task's graph is alive."""
-        meta = [p for p in self.parameters() if p.requires_grad]
-        total = [None] * len(meta)
-        loss_sum, correct = 0.0, 0
-        tasks = batch.support_x.shape[0]
-        for i in range(tasks):
-            loss, right = self.task_loss(*(t[i] for t in batch[:4]), n_way)
-            if torch.is_grad_enabled():
-                grads = torch.autograd.grad(loss / tasks, meta, allow_unused=True)
-                total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, grads)]
-            loss_sum, correct = loss_sum + loss.detach(), correct + right
-        loss = surrogate_loss(meta, total, loss_sum / tasks) if torch.is_grad_enabled() else loss_sum / tasks
-        return StepOutput(loss, correct / batch.query_y.numel())
+        return task_by_task(self, batch, lambda sx, sy, qx, qy: self.task_loss(sx, sy, qx, qy, n_way))
 
     # ----------------------------------------------------------------- adaptation to a new task
 

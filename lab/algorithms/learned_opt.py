@@ -97,7 +97,7 @@ class LearnedOptimizer(GradientLearner):
         out = super().outer_loss(batch)
         if self.hparams.compare_sgd:
             sgd_acc = self.accuracy_with(sgd(self.hparams.inner_lr), batch)
-            out.extras.update(sgd_accuracy=sgd_acc, learned_minus_sgd=out.accuracy.item() - sgd_acc)
+            out.extras.update(sgd_accuracy=sgd_acc, learned_minus_sgd=round(out.accuracy.item() - sgd_acc, 6))
         return out
 
     def accuracy_with(self, update: Update, batch: Episode) -> float:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lab.algorithms.base import Predictor, StepOutput, register
-from lab.algorithms.inner import HEAD, GradientLearner, InnerHparams, Params, encode, inner_loop
+from lab.algorithms.inner import HEAD, GradientLearner, InnerHparams, Params, encode, inner_loop, task_by_task
 from lab.episodes import Episode
 
 
@@ -35,7 +35,7 @@ class FOMAMLHparams(InnerHparams):
 
 @dataclass(frozen=True)
 class ANILHparams(InnerHparams):
-    """ANIL's hyper-parameters; ``vectorize`` does not apply (its tasks are batched by construction)."""
+    """ANIL's hyper-parameters; ``vectorize="vmap"`` batches the tasks by hand rather than with vmap."""
 
 
 @register
@@ -54,10 +54,10 @@ class FOMAML(GradientLearner):
 
 @register
 class ANIL(GradientLearner):
-    """Only the head adapts, so the encoder runs once per image: support and query of every
-    task of the batch go through it together (see :func:`~lab.algorithms.inner.encode`), and
-    the head of every task adapts at once (the tasks' losses are summed, so each task's head
-    gets its own gradient)."""
+    """Only the head adapts, so the encoder runs once per image. Batched (on CUDA), support and
+    query of every task go through it together and every task's head adapts at once (the
+    tasks' losses are summed, so each head gets its own task's gradient); on a CPU, where that
+    measured slower, task by task."""
 
     name = "anil"
     summary = "ANIL: MAML with only the classifier head adapted in the inner loop; a meta-learned encoder."
@@ -67,7 +67,8 @@ class ANIL(GradientLearner):
         return list(HEAD)
 
     def strategy(self, device: torch.device) -> str:
-        return "batched"
+        """``batched`` (every task in one pass; vectorize "vmap", or "auto" on CUDA) or ``loop``."""
+        return "batched" if self._vectorized(device) else "loop"
 
     def _encode(self, *images: torch.Tensor) -> list[torch.Tensor]:
         """Each ``(..., n, 1, H, W)`` -> ``(..., n, d)``, all in one pass through the encoder."""
@@ -97,13 +98,20 @@ class ANIL(GradientLearner):
                           symmetric_head=True)
 
     def outer_loss(self, batch: Episode) -> StepOutput:
-        with self._autocast(batch.support_x.device):
-            support_f, query_f = self._encode(batch.support_x, batch.query_x)
-            heads = self.adapt_heads(support_f, batch.support_y, batch.n_way, self.hparams.inner_steps,
-                                     second_order=not self.hparams.first_order)
-            logits = head_logits(heads, query_f).float()
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
-        return StepOutput(loss, (logits.argmax(-1) == batch.query_y).float().mean())
+        device = batch.support_x.device
+        with self._autocast(device):
+            if self.strategy(device) == "batched":
+                loss, correct = self.batch_loss(*batch[:4], batch.n_way)
+                return StepOutput(loss, correct / batch.query_y.numel())
+            return task_by_task(self, batch, lambda *task: self.batch_loss(*(t[None] for t in task), batch.n_way))
+
+    def batch_loss(self, support_x, support_y, query_x, query_y, n_way: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean query loss and correct count of tasks stacked on a leading dimension."""
+        support_f, query_f = self._encode(support_x, query_x)
+        heads = self.adapt_heads(support_f, support_y, n_way, self.hparams.inner_steps,
+                                 second_order=not self.hparams.first_order)
+        logits = head_logits(heads, query_f).float()
+        return F.cross_entropy(logits.flatten(0, 1), query_y.flatten()), (logits.argmax(-1) == query_y).sum()
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Predictor:
         with torch.no_grad():

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput, register
-from lab.algorithms.inner import encode
+from lab.algorithms.inner import encode, task_by_task
 from lab.episodes import Episode
 from lab.models import Conv4
 
@@ -42,8 +42,11 @@ class MetaNetHparams:
     hidden: int = 64  # Conv4 filters per layer
     meta_hidden: int = 128  # hidden units of the meta network m
     key_dim: int = 64  # size of the memory keys
+    vectorize: str = "auto"  # "batched": every task in one pass; "loop": task by task; auto: batched on CUDA only
 
     def __post_init__(self):
+        if self.vectorize not in ("auto", "batched", "loop"):
+            raise ValueError(f"vectorize: must be 'auto', 'batched' or 'loop', not {self.vectorize!r}")
         for name in ("hidden", "meta_hidden", "key_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -86,13 +89,24 @@ class MetaNet(MetaLearner):
         weights = self.slow_weight + torch.einsum("...qs,...snd->...qnd", attention, fast)
         return torch.einsum("...qnd,...qd->...qn", weights, query_e) + self.slow_bias
 
+    def strategy(self, device: torch.device) -> str:
+        choice = self.hparams.vectorize
+        return choice if choice != "auto" else ("batched" if device.type == "cuda" else "loop")
+
     def outer_loss(self, batch: Episode) -> StepOutput:
-        n_support = batch.support_x.shape[-4]
-        emb = self.embed(torch.cat([batch.support_x, batch.query_x], dim=-4))  # one pass for every image
-        memory = self.fast_weights(emb[..., :n_support, :], batch.support_y, batch.n_way)
+        if self.strategy(batch.support_x.device) == "batched":
+            loss, correct = self.batch_loss(*batch[:4], batch.n_way)
+            return StepOutput(loss, correct / batch.query_y.numel())
+        return task_by_task(self, batch, lambda *task: self.batch_loss(*task, batch.n_way))
+
+    def batch_loss(self, support_x, support_y, query_x, query_y, n_way: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean query loss and correct count of one task, or of tasks stacked on a leading dimension."""
+        n_support = support_x.shape[-4]
+        emb = self.embed(torch.cat([support_x, query_x], dim=-4))  # one pass for every image
+        memory = self.fast_weights(emb[..., :n_support, :], support_y, n_way)
         logits = self.query_logits(memory, emb[..., n_support:, :])
-        loss = F.cross_entropy(logits.flatten(0, -2).float(), batch.query_y.flatten())
-        return StepOutput(loss, (logits.argmax(-1) == batch.query_y).float().mean())
+        loss = F.cross_entropy(logits.flatten(0, -2).float(), query_y.flatten())
+        return loss, (logits.argmax(-1) == query_y).sum()
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Predictor:
         with torch.no_grad():
