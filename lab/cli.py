@@ -88,6 +88,11 @@ def _drive(config, run_dir: Path, resume: bool, world) -> int:
     if bar is None:
         return 0
     bar.close()
+    return _report_outcome(run_dir)
+
+
+def _report_outcome(run_dir: Path) -> int:
+    """How the run ended, on stderr, then its folder on stdout (last, for scripts)."""
     status = runs.read_status(run_dir)
     print(f"{status['state']} at step {status.get('step')}; best meta-validation accuracy "
           f"{status.get('best_val_accuracy')}", file=sys.stderr)
@@ -208,11 +213,7 @@ def cmd_run(args) -> int:
         return 1
     if not world.is_main:
         return 0
-    status = runs.read_status(run_dir)
-    print(f"{status['state']} at step {status.get('step')}; best meta-validation accuracy "
-          f"{status.get('best_val_accuracy')}", file=sys.stderr)
-    print(run_dir)
-    return 0
+    return _report_outcome(run_dir)
 
 
 def cmd_runs(args) -> int:
