@@ -185,7 +185,8 @@ def bench_algorithms(args) -> list[dict]:
 
     tasks/s is the best of ``--reps`` timed steps of each (interleaved, after one warm-up);
     peak memory is measured on a separate step (CUDA: peak allocated; CPU: peak resident
-    growth). CPU timings use ``--threads`` intra-op threads (default 1) for both.
+    growth). On a CPU both get the same ``--threads`` (default: PyTorch's, one per core): the
+    reference as intra-op threads, the learners as they choose (tasks side by side in threads).
     """
     import numpy as np
     import torch
@@ -198,8 +199,8 @@ def bench_algorithms(args) -> list[dict]:
 
     device = pick_device(getattr(args, "device", "auto"))
     cuda = device.type == "cuda"
-    if not cuda:
-        torch.set_num_threads(getattr(args, "threads", None) or 1)
+    if not cuda and getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     meta_batch = getattr(args, "meta_batch", None) or (32 if cuda else 4)
     reps = getattr(args, "reps", None) or (5 if cuda else 3)
     wanted = getattr(args, "algorithms", None)

@@ -475,7 +475,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--algorithms", help="algorithms: a comma-separated subset (default: all)")
     q.add_argument("--meta-batch", type=int, help="algorithms: tasks per step (default: 32 on CUDA, 4 elsewhere)")
     q.add_argument("--reps", type=int, help="algorithms: timed steps per configuration (default: 5 on CUDA, 3 elsewhere)")
-    q.add_argument("--threads", type=int, help="algorithms: CPU intra-op threads for both (default: 1)")
+    q.add_argument("--threads", type=int, help="algorithms: CPU threads for both (default: PyTorch's, one per core)")
     q.add_argument("--steps", type=int, help="distributed: outer steps per measured training")
     q.set_defaults(func=cmd_bench)
     return p

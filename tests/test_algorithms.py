@@ -124,6 +124,22 @@ def test_the_vectorised_loss_and_meta_gradient_equal_the_per_task_loop(name, bat
     assert_close(loop, vmap)
 
 
+@pytest.mark.parametrize("name", ["maml", "anil", "metanet"])
+def test_tasks_side_by_side_in_threads_give_the_per_task_loop_s_loss_and_meta_gradient(name, batch):
+    out_loop, loop = meta_gradient(small(name, vectorize="loop"), batch)
+    torch.set_num_threads(2)
+    try:
+        model = small(name, vectorize="threads")
+        assert model.strategy(torch.device("cpu")) == "threads"
+        out_threads, threads = meta_gradient(model, batch)
+        assert torch.get_num_threads() == 2  # the workers' one-thread setting does not leak out
+    finally:
+        torch.set_num_threads(1)
+    assert out_threads.loss.item() == pytest.approx(out_loop.loss.item(), abs=1e-6)
+    assert out_threads.accuracy.item() == pytest.approx(out_loop.accuracy.item())
+    assert_close(loop, threads)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_the_meta_gradient_equals_the_plain_reference_loop(name, batch):
     model = small(name)

@@ -20,6 +20,7 @@ optimizer and Reptile: each only chooses which parameters adapt and by which upd
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ a zero gradient, must leave its parameter unchanged.
 """
 
 HEAD = ("head.weight", "head.bias")
-VECTORIZE = ("auto", "vmap", "loop")
+VECTORIZE = ("auto", "vmap", "loop", "threads")
 PRECISION = ("auto", "fp32", "bf16")
 
 
@@ -150,26 +151,76 @@ def surrogate_loss(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor 
     return value.detach() + (dot - dot.detach() if torch.is_tensor(dot) else 0.0)
 
 
-def task_by_task(model: nn.Module, batch: Episode, task_loss: Callable) -> StepOutput:
+def task_by_task(model: nn.Module, batch: Episode, task_loss: Callable, workers: int = 1) -> StepOutput:
     """Mean query loss and accuracy over ``batch``, one task at a time.
 
     ``task_loss(support_x, support_y, query_x, query_y) -> (loss, correct count)``. Each task's
     meta-gradient is taken as soon as its loss is known, so only one task's graph is alive at a
     time (on a CPU this measured faster than one graph for the whole batch), and the sum is
     handed back through :func:`surrogate_loss`.
+
+    ``workers > 1`` shares the tasks among that many threads, each computing its tasks with one
+    intra-op thread: on a CPU whose operations are small (a 5-image support set), tasks side
+    by side keep the cores busier than one task's operations split across them.
     """
     meta = [p for p in model.parameters() if p.requires_grad]
-    total: list[torch.Tensor | None] = [None] * len(meta)
-    loss_sum, correct = 0.0, 0
     tasks = batch.support_x.shape[0]
-    for i in range(tasks):
-        loss, right = task_loss(*(t[i] for t in batch[:4]))
-        if torch.is_grad_enabled():
-            grads = torch.autograd.grad(loss / tasks, meta, allow_unused=True)
-            total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, grads)]
-        loss_sum, correct = loss_sum + loss.detach(), correct + right
-    loss = surrogate_loss(meta, total, loss_sum / tasks) if torch.is_grad_enabled() else loss_sum / tasks
+    grad_enabled = torch.is_grad_enabled()
+    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+
+    def run(indices: Sequence[int]) -> tuple[list, torch.Tensor | float, int | torch.Tensor]:
+        total: list[torch.Tensor | None] = [None] * len(meta)
+        loss_sum, correct = 0.0, 0
+        for i in indices:
+            loss, right = task_loss(*(t[i] for t in batch[:4]))
+            if grad_enabled:
+                grads = torch.autograd.grad(loss / tasks, meta, allow_unused=True)
+                total = _add_grads(total, grads)
+            loss_sum, correct = loss_sum + loss.detach(), correct + right
+        return total, loss_sum, correct
+
+    workers = max(1, min(workers, tasks))
+    if workers == 1:
+        parts = [run(range(tasks))]
+    else:
+        def in_thread(indices):  # grad mode and autocast are per thread: carry them over
+            torch.set_num_threads(1)
+            with torch.set_grad_enabled(grad_enabled), \
+                    (torch.autocast("cpu", dtype=autocast) if autocast else nullcontext()):
+                return run(indices)
+
+        threads = torch.get_num_threads()
+        try:
+            parts = list(_pool(workers).map(in_thread, [range(w, tasks, workers) for w in range(workers)]))
+        finally:
+            torch.set_num_threads(threads)
+    total: list[torch.Tensor | None] = [None] * len(meta)
+    for grads, _, _ in parts:
+        total = _add_grads(total, grads)
+    loss_sum, correct = sum(p[1] for p in parts), sum(p[2] for p in parts)
+    loss = surrogate_loss(meta, total, loss_sum / tasks) if grad_enabled else loss_sum / tasks
     return StepOutput(loss, correct / batch.query_y.numel())
+
+
+def _add_grads(total: list, grads: Sequence[torch.Tensor | None]) -> list:
+    return [g if t is None else (t if g is None else t + g) for t, g in zip(total, grads)]
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="lab-task")
+    return _POOLS[workers]
+
+
+def cpu_task_workers(choice: str, device: torch.device) -> int:
+    """Threads :func:`task_by_task` uses for the vectorisation ``choice`` on ``device``:
+    "threads" (or "auto" on a CPU with more than one intra-op thread) uses them all, else one."""
+    if device.type != "cpu" or choice not in ("auto", "threads"):
+        return 1
+    return torch.get_num_threads()
 
 
 # --------------------------------------------------------------------------- the shared learner
@@ -183,7 +234,7 @@ class InnerHparams:
     inner_lr: float = 0.1  # step size of the inner loop (0.4, Finn et al.'s Omniglot rate, diverges with this GroupNorm Conv4)
     test_inner_steps: int | None = None  # steps when adapting to a new task (validation, test, drawing pad); None: inner_steps
     first_order: bool = False  # ignore second derivatives in the meta-gradient (cheaper)
-    vectorize: str = "auto"  # tasks at once under vmap, or one by one; auto: vmap on CUDA, the loop elsewhere
+    vectorize: str = "auto"  # tasks at once under vmap, one by one ("loop"), or side by side in CPU threads; auto: vmap on CUDA, threads on a multi-core CPU
     precision: str = "auto"  # bf16 autocast or fp32; auto: bf16 on CUDA, fp32 elsewhere
     hidden: int = 64  # Conv4 filters per layer
 
@@ -252,8 +303,13 @@ class GradientLearner(MetaLearner):
         return choice == "vmap" or (choice == "auto" and device.type == "cuda")
 
     def strategy(self, device: torch.device) -> str:
-        """How a batch of tasks is computed on ``device``: ``vmap`` or ``loop``."""
-        return "vmap" if self._vectorized(device) else "loop"
+        """How a batch of tasks is computed on ``device``: ``vmap``, ``threads`` or ``loop``."""
+        if self._vectorized(device):
+            return "vmap"
+        return "threads" if self.task_workers(device) > 1 else "loop"
+
+    def task_workers(self, device: torch.device) -> int:
+        return cpu_task_workers(self.hparams.vectorize, device)
 
     def _autocast(self, device: torch.device):
         use = self.hparams.precision == "bf16" or (self.hparams.precision == "auto" and device.type == "cuda")
@@ -294,7 +350,8 @@ class GradientLearner(MetaLearner):
         return StepOutput(losses.mean(), correct.sum() / batch.query_y.numel())
 
     def _outer_loop(self, batch: Episode, n_way: int) -> StepOutput:
-        return task_by_task(self, batch, lambda sx, sy, qx, qy: self.task_loss(sx, sy, qx, qy, n_way))
+        return task_by_task(self, batch, lambda sx, sy, qx, qy: self.task_loss(sx, sy, qx, qy, n_way),
+                            self.task_workers(batch.support_x.device))
 
     # ----------------------------------------------------------------- adaptation to a new task
 

@@ -67,8 +67,8 @@ class ANIL(GradientLearner):
         return list(HEAD)
 
     def strategy(self, device: torch.device) -> str:
-        """``batched`` (every task in one pass; vectorize "vmap", or "auto" on CUDA) or ``loop``."""
-        return "batched" if self._vectorized(device) else "loop"
+        """``batched`` (every task in one pass; vectorize "vmap", or "auto" on CUDA), ``threads`` or ``loop``."""
+        return "batched" if self._vectorized(device) else super().strategy(device)
 
     def _encode(self, *images: torch.Tensor) -> list[torch.Tensor]:
         """Each ``(..., n, 1, H, W)`` -> ``(..., n, d)``, all in one pass through the encoder."""
@@ -103,7 +103,8 @@ class ANIL(GradientLearner):
             if self.strategy(device) == "batched":
                 loss, correct = self.batch_loss(*batch[:4], batch.n_way)
                 return StepOutput(loss, correct / batch.query_y.numel())
-            return task_by_task(self, batch, lambda *task: self.batch_loss(*(t[None] for t in task), batch.n_way))
+            return task_by_task(self, batch, lambda *task: self.batch_loss(*(t[None] for t in task), batch.n_way),
+                                self.task_workers(device))
 
     def batch_loss(self, support_x, support_y, query_x, query_y, n_way: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean query loss and correct count of tasks stacked on a leading dimension."""
