@@ -183,6 +183,8 @@ def cmd_resume(args) -> int:
 
     run_dir = Path(args.run_dir)
     config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {})
+    if config.algorithm == "clustered":
+        return _restart_clustered(run_dir)
     world = init_from_env(config.device)
 
     def check() -> None:
@@ -193,6 +195,19 @@ def cmd_resume(args) -> int:
 
     _on_main(world, check)
     return _drive(config, run_dir, resume=True, world=world)
+
+
+def _restart_clustered(run_dir: Path) -> int:
+    """Cluster experts keep no mid-way checkpoint (they fine-tune in minutes): resuming trains them again."""
+    from lab.jobs import RESUMABLE, run_queued
+
+    state = runs.read_status(run_dir).get("state")
+    if state not in RESUMABLE:
+        raise ValueError(f"{run_dir.name} is {state}: only a stopped or interrupted run can be resumed")
+    print("cluster experts are trained again from the base run", file=sys.stderr)
+    for _ in run_queued(run_dir):
+        pass
+    return _report_outcome(run_dir)
 
 
 def cmd_run(args) -> int:
@@ -236,14 +251,15 @@ def cmd_eval(args) -> int:
 
     result = evaluate_run(resolve_model(args.run), dataset=args.dataset, data_dir=args.data_dir, split=args.split,
                           n_way=args.n_way, k_shot=args.k_shot, n_query=args.n_query, episodes=args.episodes,
-                          seed=args.seed, device=args.device)
-    result["run"] = str(args.run)
+                          seed=args.seed, device=args.device, source=args.source, folder=args.folder)
     dataset_name, split = result["dataset"], result["split"]
     if args.json:
         _print_json(result)
     else:
         print(f"{dataset_name}:{split} {result['n_way']}-way {result['k_shot']}-shot over {args.episodes} episodes: "
               f"{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI)")
+        for group, part in result.get("by_group", {}).items():
+            print(f"  {group}: {100 * part['accuracy']:.2f}% over {part['episodes']} episodes")
     return 0
 
 
@@ -417,6 +433,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--episodes", type=int, default=1000)
     q.add_argument("--seed", type=int, default=0, help="seeds the test episodes: same seed, same episodes")
     q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    q.add_argument("--source", choices=SOURCES,
+                   help="draw the test tasks from a task source (default for a clustered run: its own)")
+    q.add_argument("--folder", help="a folder of images (one sub-folder per class) that joins the mixed source")
     q.set_defaults(func=cmd_eval)
 
     q = sub.add_parser("compare", help="two runs on the same test episodes: paired difference with its 95%% CI")

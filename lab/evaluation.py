@@ -93,11 +93,14 @@ def _test_pool(config, dataset: str | None, data_dir: str | None, split: str | N
 
 def evaluate_run(run, *, dataset: str | None = None, data_dir: str | None = None, split: str | None = None,
                  n_way: int | None = None, k_shot: int | None = None, n_query: int = 15, episodes: int = 1000,
-                 seed: int = 0, device: str = "auto", record: bool = True) -> dict:
+                 seed: int = 0, device: str = "auto", record: bool = True, source: str | None = None,
+                 folder: str | None = None) -> dict:
     """Meta-test a run folder (or checkpoint file) on never-seen classes: accuracy ± 95% CI.
 
-    Defaults: the run's own dataset, test split, N-way and K-shot. A run folder records the
-    result in its ``evaluations.jsonl``.
+    Defaults: the run's own dataset, test split, N-way and K-shot. ``source`` draws the test
+    tasks from a task source of :mod:`lab.clustering` instead (``folder`` joins the mixed one)
+    and adds the accuracy per true group; a ``clustered`` run uses its own source unless a
+    dataset is asked for. A run folder records the result in its ``evaluations.jsonl``.
     """
     from pathlib import Path
 
@@ -106,14 +109,39 @@ def evaluate_run(run, *, dataset: str | None = None, data_dir: str | None = None
 
     torch_device = pick_device(device)
     config, model = runs.load_model(run, device=torch_device)
-    name, split, pool = _test_pool(config, dataset, data_dir, split)
-    result = meta_test(model, pool, n_way or config.n_way, k_shot or config.k_shot, n_query, episodes, seed,
-                       torch_device)
-    result.pop("per_episode")
-    result.update(split=split, dataset=name, run=str(run))
+    if source is None and dataset is None and config.algorithm == "clustered":
+        source, folder = config.hparams.get("source"), folder or config.hparams.get("folder")
+    n_way, k_shot = n_way or config.n_way, k_shot or config.k_shot
+    if source:
+        result = _meta_test_on_source(model, source, split or "test", data_dir, folder, n_way, k_shot, n_query,
+                                      episodes, seed, torch_device)
+    else:
+        name, split, pool = _test_pool(config, dataset, data_dir, split)
+        result = meta_test(model, pool, n_way, k_shot, n_query, episodes, seed, torch_device)
+        result.pop("per_episode")
+        result.update(split=split, dataset=name)
+    result["run"] = str(run)
     if record and Path(run).is_dir():
         runs.append_jsonl(Path(run) / "evaluations.jsonl", result)
     return result
+
+
+def _meta_test_on_source(model, source: str, split: str, data_dir, folder, n_way: int, k_shot: int, n_query: int,
+                         episodes: int, seed: int, device) -> dict:
+    """:func:`meta_test` on the tasks of a task source, with the accuracy of each true group."""
+    from lab.clustering import load_source
+
+    tasks = load_source(source, split, data_dir, folder).sample(episodes, n_way, k_shot, n_query, seed)
+    accs = episode_accuracies(model, tasks.episodes, device)
+    accuracy, ci95 = mean_ci95(accs)
+    groups = np.array(tasks.groups)
+    by_group = {}
+    for g in tasks.group_names:
+        acc, ci = mean_ci95(accs[groups == g])
+        by_group[g] = {"episodes": int((groups == g).sum()), "accuracy": acc, "ci95": ci}
+    return {"accuracy": accuracy, "ci95": ci95, "episodes": episodes, "n_way": n_way, "k_shot": k_shot,
+            "n_query": n_query, "seed": seed, "dataset": source, "source": source, "split": split,
+            "by_group": by_group}
 
 
 def compare_runs(run_dirs: list, *, n_query: int = 15, episodes: int = 600, seed: int = 0,

@@ -138,7 +138,12 @@ def run_queued(run_dir: str | os.PathLike, world=None):
         config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {})
         if world.is_main:
             runs.truncate_metrics(run_dir, 0)  # a restart from scratch repeats the steps logged before
-        yield from train(config, run_dir)
+        if config.algorithm == "clustered":  # cluster experts fine-tune in minutes: a resume starts them again
+            from lab.clustering import train_clustered
+
+            yield from train_clustered(config, run_dir)
+        else:
+            yield from train(config, run_dir)
     except BaseException as err:
         if world.is_main and runs.read_status(run_dir).get("state") != "failed" and not isinstance(err, (KeyboardInterrupt, GeneratorExit)):
             runs.write_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")

@@ -26,14 +26,14 @@ def model_of(path: str, stamp: float):
 
 
 @st.cache_resource(show_spinner=False)
-def tasks_of(source: str, n_tasks: int):
-    task_source = load_source(source, "test")
+def tasks_of(source: str, n_tasks: int, folder: str | None = None):
+    task_source = load_source(source, "test", folder=folder)
     return task_source, task_source.sample(n_tasks, N_WAY, K_SHOT, N_QUERY, SEED)
 
 
 @st.cache_data(show_spinner="Embedding the tasks…", max_entries=16)
-def embedded(path: str, stamp: float, source: str, n_tasks: int, embedding: str):
-    raw = embed_tasks(model_of(path, stamp), tasks_of(source, n_tasks)[1], embedding)
+def embedded(path: str, stamp: float, source: str, n_tasks: int, embedding: str, folder: str | None = None):
+    raw = embed_tasks(model_of(path, stamp), tasks_of(source, n_tasks, folder)[1], embedding)
     return fit_feature_map(raw, embedding, SEED)(raw)
 
 
@@ -53,8 +53,8 @@ def projected(features: np.ndarray, method: str, dims: int) -> np.ndarray:
 
 
 @st.cache_data(show_spinner="Measuring the global model and the experts on these tasks…", max_entries=8)
-def accuracies(path: str, stamp: float, source: str, n_tasks: int) -> np.ndarray:
-    return episode_accuracies(model_of(path, stamp), tasks_of(source, n_tasks)[1].episodes)
+def accuracies(path: str, stamp: float, source: str, n_tasks: int, folder: str | None = None) -> np.ndarray:
+    return episode_accuracies(model_of(path, stamp), tasks_of(source, n_tasks, folder)[1].episodes)
 
 
 def stamp_of(path: str) -> float:
@@ -85,6 +85,11 @@ with st.sidebar:
     source = st.selectbox("Task source", SOURCES, index=SOURCES.index("mixed"), key="source",
                           help="within-alphabet: every task's classes come from one Omniglot evaluation alphabet. "
                                "mixed: tasks from Omniglot, MNIST and the bundled digits.")
+    folder = None
+    if source == "mixed":
+        folder = st.text_input("Your image folder (optional)", key="folder", placeholder="/path/to/images",
+                               help="One sub-folder of images per class: its tasks join the mixed ones as a "
+                                    "fourth true group.").strip() or None
     n_tasks = st.select_slider("Number of tasks", [100, 200, 300, 500, 1000], value=300, key="n_tasks")
     embedding = st.selectbox("Embedding", EMBEDDINGS, key="embedding",
                              help="representation: mean and spread of the support set's features; gradient: the "
@@ -98,9 +103,15 @@ path = UNTRAINED if choice == UNTRAINED else next(r["path"] for r in bases if r[
 if path == UNTRAINED:
     st.info("No trained run is selected, so an **untrained** encoder (random weights) embeds the tasks. "
             "Meta-train a run on the Train page or with `python -m lab train` for meaningful clusters.")
+if folder:
+    try:
+        tasks_of(source, n_tasks, folder)
+    except (ValueError, DatasetUnavailable) as err:
+        st.error(f"The image folder is left out: {err}")
+        folder = None
 try:
-    task_source, tasks = tasks_of(source, n_tasks)
-    features = embedded(path, stamp_of(path), source, n_tasks, embedding)
+    task_source, tasks = tasks_of(source, n_tasks, folder)
+    features = embedded(path, stamp_of(path), source, n_tasks, embedding, folder)
 except (ValueError, DatasetUnavailable) as err:
     st.error(f"These tasks cannot be made: {err}")
     st.stop()
@@ -146,10 +157,14 @@ if dims == 2:  # the clicked task stands out
 fig.update_layout(height=560, margin=dict(l=10, r=10, t=30, b=10), legend_title_text=colour,
                   title=f"{n_tasks} tasks by {method} of the {embedding} embedding")
 st.subheader("Tasks")
-st.caption("Click a point to see that task's support set." + (" (Clicks work in the 2-D view.)" if dims == 3 else ""))
+st.caption("Click a point to see that task's support set." if dims == 2 else
+           "Plotly cannot select points in 3-D: hover a point for its task number and enter it below the chart.")
 event = st.plotly_chart(fig, width="stretch", key="scatter", on_select="rerun", selection_mode="points")
 
 picked = [p["customdata"][0] for p in (event.selection.points if event else []) if p.get("customdata")]
+if dims == 3:
+    typed = st.number_input("Task to show", 0, n_tasks - 1, value=None, key="task3d", placeholder="task number")
+    picked = [typed] if typed is not None else []
 if picked:
     i = int(picked[0])
     st.markdown(f"**Task {i}** · true group **{groups[i]}** · **cluster {labels[i]}**")
@@ -161,11 +176,11 @@ st.subheader("Clusters")
 table = pd.DataFrame(cluster_table(labels, groups)).rename(columns={"dominant_group": "dominant group"})
 experts_run = None
 if path != UNTRAINED:
-    done = [r for r in find_clustered_runs(runs_dir, path, source, embedding, k) if r["status"] == "finished"]
+    done = [r for r in find_clustered_runs(runs_dir, path, source, embedding, k, folder) if r["status"] == "finished"]
     experts_run = done[0]["path"] if done else None
 if experts_run:
-    base_acc = accuracies(path, stamp_of(path), source, n_tasks)
-    expert_acc = accuracies(experts_run, stamp_of(experts_run), source, n_tasks)
+    base_acc = accuracies(path, stamp_of(path), source, n_tasks, folder)
+    expert_acc = accuracies(experts_run, stamp_of(experts_run), source, n_tasks, folder)
     table["global accuracy"] = [base_acc[labels == c].mean() if (labels == c).any() else np.nan for c in range(k)]
     table["expert accuracy"] = [expert_acc[labels == c].mean() if (labels == c).any() else np.nan for c in range(k)]
 percent = {name: st.column_config.NumberColumn(name, format="percent")
@@ -187,12 +202,13 @@ if experts_run:
              help="Mean per-task difference on these same tasks, with its paired 95% interval")
     st.caption(f"Paired 95% interval of the difference: ±{100 * result['difference_ci95']:.1f} points over "
                f"{result['episodes']} test tasks ({Path(experts_run).name}). For more tasks: "
-               f"`python -m lab compare {experts_run} {path} --source {source} --episodes 1000`")
+               f"`python -m lab compare {experts_run} {path} --source {source} --episodes 1000"
+               + (f" --folder {folder}`" if folder else "`"))
 
 steps = st.number_input("Fine-tuning steps (all experts together)", 1, 5000, 100 * k, key="steps")
 if st.button(f"Train {k} cluster experts in the background", type="primary"):
     run_dir, pid = launch_clustered(path, k, source, embedding, runs_dir, tasks=max(n_tasks, 300), steps=int(steps),
-                                    val_episodes=100)
+                                    val_episodes=100, folder=folder)
     st.session_state["launched"] = {"run": str(run_dir), "pid": pid, "steps": int(steps)}
 launched = st.session_state.get("launched")
 

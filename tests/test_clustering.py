@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
 from lab import runs
@@ -55,6 +56,23 @@ def clustered_run(base_run, omniglot, mnist):
     run_dir = runs_dir / "experts"
     config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json"))
     return config, run_dir, runs.read_jsonl(run_dir / "metrics.jsonl")
+
+
+@pytest.fixture(scope="module")
+def shapes_folder(tmp_path_factory):
+    """A user's folder of images: six kinds of hand-made shapes, eight drawings of each."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(0)
+    for c in range(6):
+        (root / f"shape{c}").mkdir()
+        for i in range(8):
+            image = Image.new("L", (64, 64), 255)
+            pen = ImageDraw.Draw(image)
+            x, y = (int(v) for v in rng.integers(6, 18, 2))
+            box = [x, y, x + 30 + 4 * (c // 3), y + 30]
+            [pen.ellipse, pen.rectangle, pen.line][c % 3](box, width=3 + 2 * (c // 3), **({} if c % 3 == 2 else {"outline": 0}))
+            image.save(root / f"shape{c}" / f"{i}.png")
+    return root
 
 
 def relabel(episode: Episode, order: list[int]) -> Episode:
@@ -195,6 +213,43 @@ def test_the_command_line_evaluates_compares_and_clusters(clustered_run, base_ru
     assert report["k"] == 3 and sum(report["sizes"]) == 40
 
 
+def test_a_clustered_run_is_evaluated_on_its_own_source_with_the_accuracy_of_each_group(clustered_run, capsys):
+    _, run_dir, _ = clustered_run
+    assert main(["eval", str(run_dir), "--episodes", "12", "--n-query", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["source"] == "mixed" and result["split"] == "test" and result["episodes"] == 12
+    assert set(result["by_group"]) <= {"omniglot", "mnist", "digits"}
+    assert sum(g["episodes"] for g in result["by_group"].values()) == 12
+    weighted = sum(g["accuracy"] * g["episodes"] for g in result["by_group"].values()) / 12
+    assert weighted == pytest.approx(result["accuracy"])
+    assert runs.read_jsonl(run_dir / "evaluations.jsonl")[-1]["source"] == "mixed"
+
+
+def test_a_folder_of_images_joins_the_mixed_source_as_its_own_group(base_run, shapes_folder, capsys, omniglot, mnist):
+    group = f"folder:{shapes_folder.name}"
+    assert main(["cluster", str(base_run), "--source", "mixed", "--folder", str(shapes_folder), "--tasks", "80",
+                 "--k", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert group in report["groups"] and sum(report["sizes"]) == 80
+    assert main(["eval", str(base_run), "--source", "mixed", "--folder", str(shapes_folder), "--episodes", "40",
+                 "--n-query", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert group in result["by_group"] and 0 <= result["by_group"][group]["accuracy"] <= 1
+
+
+def test_resuming_a_stopped_clustered_run_trains_its_experts_again(clustered_run, tmp_path, capsys):
+    _, run_dir, _ = clustered_run
+    copy = tmp_path / "experts"
+    shutil.copytree(run_dir, copy)
+    runs.write_status(copy, "stopped", step=2)
+    assert main(["resume", str(copy)]) == 0
+    status = runs.read_status(copy)
+    assert status["state"] == "finished" and status["step"] == 6
+    assert [r["step"] for r in runs.read_jsonl(copy / "metrics.jsonl") if "loss" in r] == [2, 4, 6]  # no repeats
+    assert main(["resume", str(copy)]) == 2
+    assert "only a stopped or interrupted run" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -247,6 +302,20 @@ def test_the_clusters_page_controls_redraw_the_clusters_and_show_the_experts(clu
         assert not at.exception, key
     at.sidebar.selectbox(key="source").set_value("within-alphabet").run()
     assert not at.exception and at.sidebar.slider(key="k-within-alphabet").value == 20
+
+
+def test_the_clusters_page_adds_a_users_folder_and_shows_a_task_picked_in_3_d(base_run, shapes_folder, monkeypatch,
+                                                                           tmp_path):
+    at = clusters_page(base_run.parent, monkeypatch, folder=str(tmp_path / "missing"))
+    assert not at.exception and "image folder is left out" in at.error[0].value  # the page goes on without it
+    assert at.metric[0].value == "100"
+    at.sidebar.text_input(key="folder").set_value(str(shapes_folder)).run()
+    assert not at.exception and not at.error
+    assert f"folder:{shapes_folder.name}" in set(at.dataframe[0].value["dominant group"])
+    at.sidebar.radio(key="dims").set_value(3).run()
+    assert not at.image
+    at.number_input(key="task3d").set_value(7).run()
+    assert not at.exception and len(at.image) == 1 and any(m.value.startswith("**Task 7**") for m in at.markdown)
 
 
 def test_the_train_button_starts_the_experts_in_a_background_process(clustered_run, monkeypatch, tmp_path):

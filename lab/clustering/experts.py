@@ -74,6 +74,8 @@ def clustered_config(base: str | Path, k: int = 3, source: str = "mixed", embedd
     values["hparams"] = {**(hparams or {}), "base": str(base.resolve()), "k": k, "source": source,
                          "embedding": embedding, "base_algorithm": base_config["algorithm"],
                          "base_hparams": base_config.get("hparams", {})}
+    if values["hparams"].get("folder"):
+        values["hparams"]["folder"] = str(Path(values["hparams"]["folder"]).expanduser().resolve())
     return TrainConfig(**values)
 
 
@@ -203,11 +205,14 @@ def train_clustered(config, run_dir: str | Path | None = None) -> Iterator[dict]
                           base_val_accuracy=base_val, cluster_sizes=sizes, expert_steps=kept_steps)
 
 
-def find_clustered_runs(runs_dir: str | Path, base: str | Path, source: str, embedding: str, k: int) -> list[dict]:
-    """The clustered runs of ``runs_dir`` made from ``base`` with this source, embedding and K, newest first."""
+def find_clustered_runs(runs_dir: str | Path, base: str | Path, source: str, embedding: str, k: int,
+                        folder: str | None = None) -> list[dict]:
+    """The clustered runs of ``runs_dir`` made from ``base`` with this source (and image folder), embedding
+    and K, newest first."""
     from lab import runs
 
-    wanted = {"base": str(Path(base).resolve()), "source": source, "embedding": embedding, "k": k}
+    wanted = {"base": str(Path(base).resolve()), "source": source, "embedding": embedding, "k": k,
+              "folder": str(Path(folder).expanduser().resolve()) if folder else None}
     found = []
     for row in runs.list_runs(runs_dir):
         hparams = (runs.read_json(Path(row["path"]) / "config.json") or {}).get("hparams", {})
@@ -218,7 +223,7 @@ def find_clustered_runs(runs_dir: str | Path, base: str | Path, source: str, emb
 
 def launch_clustered(base: str | Path, k: int, source: str, embedding: str, runs_dir: str | Path, tasks: int = 1000,
                      steps: int | None = None, val_episodes: int | None = None,
-                     name: str | None = None) -> tuple[Path, int]:
+                     name: str | None = None, folder: str | None = None) -> tuple[Path, int]:
     """Train cluster experts in a background process (its own session, so it outlives the caller).
 
     Runs ``python -m lab train --algorithm clustered ...``; returns the run folder it will write and
@@ -234,7 +239,8 @@ def launch_clustered(base: str | Path, k: int, source: str, embedding: str, runs
         raise ValueError(f"a run named {name!r} already exists in {runs_dir}")
     command = [sys.executable, "-m", "lab", "train", "--algorithm", "clustered", "--base", str(base), "--k", str(k),
                "--source", source, "--embedding", embedding, "--n-query", "5", "--runs-dir", str(runs_dir),
-               "--name", name, "--hparams", json.dumps({"tasks": tasks})]
+               "--name", name, "--hparams", json.dumps({"tasks": tasks, **(
+                   {"folder": str(Path(folder).expanduser().resolve())} if folder else {})})]
     command += ["--steps", str(steps)] if steps else []
     command += ["--val-episodes", str(val_episodes)] if val_episodes else []
     with open(runs_dir / f".{name}.log", "w") as log:

@@ -18,6 +18,7 @@ from lab.data import ClassPool, DatasetUnavailable, load_dataset
 from lab.episodes import Episode, sample_episode
 
 SOURCES = ("within-alphabet", "mixed")
+FOLDER_SPLIT_MIN_CLASSES = 5
 
 @dataclass
 class TaskSet:
@@ -119,6 +120,7 @@ def load_source(name: str, split: str = "test", data_dir: str | None = None, fol
     if folder:
         images = load_dataset("folder", folder)
         own = images.pool(split)
-        pools.append(own if len(own) >= 2 else images.pool("all"))  # a small folder lends all its classes
+        # A folder too small to make 5-way tasks from its share of classes lends all of them to every split.
+        pools.append(own if len(own) >= FOLDER_SPLIT_MIN_CLASSES else images.pool("all"))
         groups.append(f"folder:{Path(folder).name}")
     return TaskSource(name, tuple(pools), tuple(groups), tuple(skipped))
