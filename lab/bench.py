@@ -273,8 +273,12 @@ def bench_clusters(args) -> dict:
     """Embedding 1000 mixed-source tasks (5-way 1-shot) and K-means (K = 3) of them, for each embedding.
 
     ``cpu_s`` is the processor time of both steps summed over threads: on a busy machine it shows what
-    the wall-clock ``total_s`` would be with the cores to itself.
+    the wall-clock ``total_s`` would be with the cores to itself. scikit-learn is imported before the
+    clock starts (once per process, not per clustering).
     """
+    import sklearn.cluster  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    import sklearn.metrics  # noqa: F401
     import torch
 
     from lab.clustering import EMBEDDINGS, analyse, embed_tasks, load_source, untrained_model

@@ -13,7 +13,27 @@ tasks need no special care.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max-pooling of ``(n, C, H, W)``, the same values as ``F.max_pool2d(x, 2)``.
+
+    Outside autograd on a CPU it pools a channels-last copy: PyTorch's CPU kernel for the
+    default layout measured about four times slower than the copy and the channels-last kernel
+    together. Where gradients flow, the default kernel is used as it is.
+    """
+    if x.device.type == "cpu" and x.dim() == 4 and not (x.requires_grad and torch.is_grad_enabled()):
+        return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2).contiguous()
+    return F.max_pool2d(x, 2)
+
+
+class MaxPool2x2(nn.Module):
+    """:func:`max_pool_2x2` as a layer (no parameters: checkpoints are those of ``nn.MaxPool2d(2)``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool_2x2(x)
 
 
 def conv_block(in_channels: int, out_channels: int, groups: int) -> nn.Sequential:
@@ -21,7 +41,7 @@ def conv_block(in_channels: int, out_channels: int, groups: int) -> nn.Sequentia
         nn.Conv2d(in_channels, out_channels, 3, padding=1),
         nn.GroupNorm(groups, out_channels),
         nn.ReLU(),
-        nn.MaxPool2d(2),
+        MaxPool2x2(),
     )
 
 

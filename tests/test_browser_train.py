@@ -4,73 +4,39 @@ finish, then overlay two runs on the Runs page. Screenshots of each page go to `
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
 from lab import jobs, runs
+from livelab import ARTIFACTS, ROOT, launch_chromium, require_chromium, serve_lab
 
 pytestmark = pytest.mark.browser
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"]
 # A time budget, not a step count: the run lasts as long on a fast machine as on a slow one.
 RUN = dict(dataset="digits", n_query=3, meta_batch=1, steps=100000, minutes=0.4, val_every=50, val_episodes=10,
            log_every=5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def lab_server(tmp_path):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: CI installs Debian's chromium (.ci/run)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the browser test needs Debian's Chromium")
+    require_chromium()
     runs_dir = tmp_path / "runs"
-    port = _free_port()
     env = {**os.environ, "LAB_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": "1"}
     # A second, short run to overlay later, trained meanwhile from the command line.
     other = subprocess.Popen([sys.executable, "-m", "lab", "train", "--dataset", "digits", "--n-query", "3",
                               "--meta-batch", "1", "--steps", "20", "--val-every", "10", "--val-episodes", "10",
                               "--log-every", "2", "--runs-dir", str(runs_dir), "--name", "cli-run"],
                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                               "--server.address", "127.0.0.1", "--server.headless", "true",
-                               "--browser.gatherUsageStats", "false"],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError(f"streamlit did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.3)
-        yield url, runs_dir, other
+        with serve_lab({"LAB_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": "1"}, log=tmp_path / "server.log") as url:
+            yield url, runs_dir, other
     finally:
-        server.terminate()
         other.kill()
-        for proc in (server, other):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        other.wait(timeout=15)
         for run in runs.list_runs(runs_dir):  # a worker this test started and left running
             status = runs.read_status(Path(run["path"]))
             if jobs.is_active(status):
@@ -123,7 +89,7 @@ def test_a_run_is_launched_watched_stopped_resumed_and_overlaid_in_the_browser(l
     url, runs_dir, other = lab_server
     expect.set_options(timeout=60_000)  # a shared 2-core machine renders slowly
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        browser = launch_chromium(p)
         try:
             drive(browser, url, runs_dir, other)
         finally:

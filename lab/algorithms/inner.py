@@ -30,7 +30,7 @@ from torch import nn
 
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput
 from lab.episodes import Episode
-from lab.models import Conv4
+from lab.models import Conv4, max_pool_2x2
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params], torch.Tensor]
@@ -60,7 +60,7 @@ def conv4_features(params: Params, x: torch.Tensor, groups: int = 8) -> torch.Te
     for i in range(4):
         x = F.conv2d(x, params[f"encoder.blocks.{i}.0.weight"], params[f"encoder.blocks.{i}.0.bias"], padding=1)
         x = F.group_norm(x, groups, params[f"encoder.blocks.{i}.1.weight"], params[f"encoder.blocks.{i}.1.bias"])
-        x = F.relu(F.max_pool2d(x, 2))
+        x = F.relu(max_pool_2x2(x))
     return x.flatten(1)
 
 
