@@ -24,9 +24,15 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     default layout measured about four times slower than the copy and the channels-last kernel
     together. Where gradients flow, the default kernel is used as it is.
     """
-    if x.device.type == "cpu" and x.dim() == 4 and not (x.requires_grad and torch.is_grad_enabled()):
+    if x.device.type == "cpu" and x.dim() == 4 and not (x.requires_grad and torch.is_grad_enabled()) and _plain(x):
         return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2).contiguous()
     return F.max_pool2d(x, 2)
+
+
+def _plain(x: torch.Tensor) -> bool:
+    """Whether ``x`` is an ordinary tensor, not one wrapped by a ``torch.func`` transform (vmap, grad)."""
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return wrapped is not None and not wrapped(x)
 
 
 class MaxPool2x2(nn.Module):

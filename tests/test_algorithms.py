@@ -25,7 +25,7 @@ from lab.algorithms.reference import reference_backward
 from lab.config import TrainConfig
 from lab.episodes import sample_batch, sample_episode
 from lab.evaluation import meta_test
-from lab.models import Conv4
+from lab.models import Conv4, max_pool_2x2
 from lab.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +98,17 @@ def test_one_inner_step_lowers_the_support_loss(omniglot):
     assert losses[1] < losses[0] and losses[2] < losses[1] and losses[3] < losses[2]
 
 
+@pytest.mark.parametrize("shape", [(3, 8, 28, 28), (2, 4, 7, 7), (1, 2, 3, 3)])
+def test_max_pooling_outside_autograd_equals_torch_s_and_leaves_gradients_alone(shape):
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert torch.equal(max_pool_2x2(x), F.max_pool2d(x, 2))
+    x.requires_grad_()
+    g1, = torch.autograd.grad((max_pool_2x2(x) ** 2).sum(), x)
+    g2, = torch.autograd.grad((F.max_pool2d(x, 2) ** 2).sum(), x)
+    assert torch.equal(g1, g2)
+
+
 def test_the_first_inner_step_moves_only_the_class_symmetric_head(omniglot):
     model = small("maml")
     ep = sample_episode(omniglot.pool("train"), 5, 1, 0, np.random.default_rng(2))
@@ -124,7 +135,7 @@ def test_the_vectorised_loss_and_meta_gradient_equal_the_per_task_loop(name, bat
     assert_close(loop, vmap)
 
 
-@pytest.mark.parametrize("name", ["maml", "anil", "metanet"])
+@pytest.mark.parametrize("name", ["maml", "anil", "reptile", "metanet"])
 def test_tasks_side_by_side_in_threads_give_the_per_task_loop_s_loss_and_meta_gradient(name, batch):
     out_loop, loop = meta_gradient(small(name, vectorize="loop"), batch)
     torch.set_num_threads(2)

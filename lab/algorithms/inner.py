@@ -166,7 +166,6 @@ def task_by_task(model: nn.Module, batch: Episode, task_loss: Callable, workers:
     meta = [p for p in model.parameters() if p.requires_grad]
     tasks = batch.support_x.shape[0]
     grad_enabled = torch.is_grad_enabled()
-    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
 
     def run(indices: Sequence[int]) -> tuple[list, torch.Tensor | float, int | torch.Tensor]:
         total: list[torch.Tensor | None] = [None] * len(meta)
@@ -180,26 +179,35 @@ def task_by_task(model: nn.Module, batch: Episode, task_loss: Callable, workers:
         return total, loss_sum, correct
 
     workers = max(1, min(workers, tasks))
-    if workers == 1:
-        parts = [run(range(tasks))]
-    else:
-        def in_thread(indices):  # grad mode and autocast are per thread: carry them over
-            torch.set_num_threads(1)
-            with torch.set_grad_enabled(grad_enabled), \
-                    (torch.autocast("cpu", dtype=autocast) if autocast else nullcontext()):
-                return run(indices)
-
-        threads = torch.get_num_threads()
-        try:
-            parts = list(_pool(workers).map(in_thread, [range(w, tasks, workers) for w in range(workers)]))
-        finally:
-            torch.set_num_threads(threads)
+    parts = map_in_threads(run, [range(w, tasks, workers) for w in range(workers)])
     total: list[torch.Tensor | None] = [None] * len(meta)
     for grads, _, _ in parts:
         total = _add_grads(total, grads)
     loss_sum, correct = sum(p[1] for p in parts), sum(p[2] for p in parts)
     loss = surrogate_loss(meta, total, loss_sum / tasks) if grad_enabled else loss_sum / tasks
     return StepOutput(loss, correct / batch.query_y.numel())
+
+
+def map_in_threads(fn: Callable, shares: Sequence) -> list:
+    """``[fn(share) for share in shares]``, each share in its own thread with one intra-op thread
+    (in this thread when there is one share). Grad mode and CPU autocast, which are per thread,
+    are carried over; PyTorch's thread count is restored afterwards."""
+    if len(shares) == 1:
+        return [fn(shares[0])]
+    grad_enabled = torch.is_grad_enabled()
+    autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+
+    def in_thread(share):
+        torch.set_num_threads(1)
+        with torch.set_grad_enabled(grad_enabled), \
+                (torch.autocast("cpu", dtype=autocast) if autocast else nullcontext()):
+            return fn(share)
+
+    threads = torch.get_num_threads()
+    try:
+        return list(_pool(len(shares)).map(in_thread, shares))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _add_grads(total: list, grads: Sequence[torch.Tensor | None]) -> list:

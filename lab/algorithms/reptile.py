@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lab.algorithms.base import StepOutput, register
-from lab.algorithms.inner import GradientLearner, InnerHparams, surrogate_loss
+from lab.algorithms.inner import GradientLearner, InnerHparams, map_in_threads, surrogate_loss
 from lab.episodes import Episode
 
 
@@ -70,11 +70,18 @@ class Reptile(GradientLearner):
                 deltas = {k: d.mean(0) for k, d in deltas.items()}
                 loss, correct = losses.mean(), correct.sum()
             else:
-                deltas, loss, correct = {}, 0.0, 0
-                for i in range(tasks):
-                    d, task_loss, right = self.task_step(*(t[i] for t in batch[:4]), n_way)
-                    deltas = {k: deltas.get(k, 0) + v / tasks for k, v in d.items()}
-                    loss, correct = loss + task_loss / tasks, correct + right
+                def share(indices):
+                    deltas, loss, correct = {}, 0.0, 0
+                    for i in indices:
+                        d, task_loss, right = self.task_step(*(t[i] for t in batch[:4]), n_way)
+                        deltas = {k: deltas.get(k, 0) + v / tasks for k, v in d.items()}
+                        loss, correct = loss + task_loss / tasks, correct + right
+                    return deltas, loss, correct
+
+                workers = max(1, min(self.task_workers(device), tasks))
+                parts = map_in_threads(share, [range(w, tasks, workers) for w in range(workers)])
+                deltas = {k: sum(p[0][k] for p in parts) for k in parts[0][0]}
+                loss, correct = sum(p[1] for p in parts), sum(p[2] for p in parts)
         start = self.task_params(n_way)
         # The head's row is copied to every class, so its direction is the sum over the classes' rows.
         value = surrogate_loss([start[k] for k in deltas], [deltas[k] for k in deltas], loss.detach())
