@@ -21,8 +21,8 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """2x2 max-pooling of ``(n, C, H, W)``, the same values as ``F.max_pool2d(x, 2)``.
 
     Outside autograd on a CPU it pools a channels-last copy: PyTorch's CPU kernel for the
-    default layout measured about four times slower than the copy and the channels-last kernel
-    together. Where gradients flow, the default kernel is used as it is.
+    default layout measured about twice as slow as the copy and the channels-last kernel
+    together (75 images of 64 x 28 x 28). Where gradients flow, the default kernel is used.
     """
     if x.device.type == "cpu" and x.dim() == 4 and not (x.requires_grad and torch.is_grad_enabled()) and _plain(x):
         return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2).contiguous()
