@@ -221,8 +221,9 @@ def test_reptile_moves_the_weights_toward_the_adapted_ones(batch):
     start = {k: v.detach().clone() for k, v in model.task_params(5).items()}
     adapted = []
     for i in range(batch.support_x.shape[0]):
-        ep = batch.task(i)
-        adapted.append(model.adapt_params(model.task_params(5, detach=True), ep.support_x, ep.support_y,
+        ep = batch.task(i)  # meta-training adapts on the task's support and query images
+        x, y = torch.cat([ep.support_x, ep.query_x]), torch.cat([ep.support_y, ep.query_y])
+        adapted.append(model.adapt_params(model.task_params(5, detach=True), x, y,
                                           model.hparams.inner_steps, second_order=False))
     target = {k: torch.stack([a[k].detach() for a in adapted]).mean(0) for k in start}
     optimizer = model.configure_optimizer(0.5)
@@ -299,7 +300,7 @@ def short_config(name: str, **changes) -> TrainConfig:
     if name == "learned-opt":
         hparams["compare_sgd"] = False
     base = dict(algorithm=name, dataset="omniglot", n_way=5, k_shot=1, n_query=5, meta_batch=2,
-                steps=40 if name == "reptile" else 20,  # Reptile, first order and query-blind, learns slowest
+                steps=40 if name == "reptile" else 20,  # Reptile, first order, learns slowest
                 meta_lr=5e-3, val_every=20, val_episodes=5, log_every=10, seed=0, hparams=hparams)
     return TrainConfig(**{**base, **changes})
 

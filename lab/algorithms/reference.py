@@ -72,9 +72,12 @@ def _maml_task(model: GradientLearner, task: Episode, n_way: int, second_order: 
 
 
 def _reptile_task(model: GradientLearner, task: Episode, n_way: int, tasks: int) -> torch.Tensor:
+    from lab.algorithms.reptile import train_shots
+
     start = model.task_params(n_way)
     params = {k: v.detach().requires_grad_() for k, v in start.items()}
-    adapted = _adapt(model, params, list(params), lambda p: F.cross_entropy(_logits(model, p, task.support_x), task.support_y),
+    x, y = train_shots(*task[:4]) if model.hparams.train_on_query else (task.support_x, task.support_y)
+    adapted = _adapt(model, params, list(params), lambda p: F.cross_entropy(_logits(model, p, x), y),
                      model.hparams.inner_steps, second_order=False)
     with torch.no_grad():
         loss = F.cross_entropy(_logits(model, adapted, task.query_x), task.query_y)
