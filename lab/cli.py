@@ -252,6 +252,7 @@ def cmd_eval(args) -> int:
     result = evaluate_run(resolve_model(args.run), dataset=args.dataset, data_dir=args.data_dir, split=args.split,
                           n_way=args.n_way, k_shot=args.k_shot, n_query=args.n_query, episodes=args.episodes,
                           seed=args.seed, device=args.device, source=args.source, folder=args.folder)
+    result["run"] = str(args.run)  # as given: "default" names the shipped model
     dataset_name, split = result["dataset"], result["split"]
     if args.json:
         _print_json(result)
