@@ -336,7 +336,7 @@ def test_the_bench_prints_one_json_object_per_configuration(omniglot):
 # --------------------------------------------------------------------------- the 10-minute checks (slow)
 
 
-TEN_MINUTE_HPARAMS = {"metanet": {}, "fomaml": {"inner_steps": 5}}  # the others: {"inner_steps": 2}
+TEN_MINUTE_HPARAMS = {"metanet": {}, "fomaml": {"inner_steps": 5}, "reptile": {"inner_steps": 5}}  # else 2 steps
 
 
 @pytest.mark.slow
@@ -347,8 +347,8 @@ def test_ten_minutes_of_training_reach_90_percent_on_5_way_1_shot(name, omniglot
     ``python -m pytest -m slow tests/test_algorithms.py -k ten_minutes``."""
     config = TrainConfig(algorithm=name, dataset="omniglot", n_way=5, k_shot=1, n_query=5,
                          meta_batch=8 if name == "metanet" else 4,
-                         steps=10**6, minutes=10, meta_lr=2e-3, val_every=200, val_episodes=100, log_every=50,
-                         seed=0, hparams=TEN_MINUTE_HPARAMS.get(name, {"inner_steps": 2}))
+                         steps=10**6, minutes=10, meta_lr=1e-3 if name == "reptile" else 2e-3, val_every=200,
+                         val_episodes=100, log_every=50, seed=0, hparams=TEN_MINUTE_HPARAMS.get(name, {"inner_steps": 2}))
     run_dir = runs.create_run(tmp_path, config, name)
     torch.set_num_threads(os.cpu_count() or 1)
     try:

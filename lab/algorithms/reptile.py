@@ -57,8 +57,8 @@ class Reptile(GradientLearner):
         With ``train_on_query`` the inner loop adapts on the query images too, as the paper's
         Omniglot runs adapt on more examples per class ("train shots") than a test task offers:
         adapting on one image per class only teaches features that tell five images apart, not
-        what stays the same within a class (measured: 56% after ten minutes, against XX% with
-        the query images). The loss and accuracy reported are then on images it adapted on;
+        what stays the same within a class (ten minutes on a 2-core CPU, 5-way 1-shot Omniglot:
+        56-58% without the query images, 82% with them in only 358 steps on a busy machine). The loss and accuracy reported are then on images it adapted on;
         meta-validation and meta-testing adapt on the support set alone.
         """
         if self.hparams.train_on_query:
