@@ -199,11 +199,9 @@ def cmd_resume(args) -> int:
 
 def _restart_clustered(run_dir: Path) -> int:
     """Cluster experts keep no mid-way checkpoint (they fine-tune in minutes): resuming trains them again."""
-    from lab.jobs import RESUMABLE, run_queued
+    from lab.jobs import check_resumable, run_queued
 
-    state = runs.read_status(run_dir).get("state")
-    if state not in RESUMABLE:
-        raise ValueError(f"{run_dir.name} is {state}: only a stopped or interrupted run can be resumed")
+    check_resumable(run_dir)
     print("cluster experts are trained again from the base run", file=sys.stderr)
     for _ in run_queued(run_dir):
         pass

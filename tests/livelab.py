@@ -71,3 +71,22 @@ def serve_lab(env: dict, log: Path | None = None, timeout_s: float = 180):
 
 def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The lab served for one test module, on an empty runs folder of its own."""
+    require_chromium()
+    with serve_lab({"LAB_RUNS_DIR": str(tmp_path_factory.mktemp("runs"))}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium through Playwright, for one test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = launch_chromium(p)
+        yield chromium
+        chromium.close()

@@ -8,28 +8,11 @@ import re
 
 import pytest
 
-from livelab import ARTIFACTS, launch_chromium, require_chromium, serve_lab
+from livelab import ARTIFACTS, browser, server  # noqa: F401 (fixtures)
 
 TIMEOUT_MS = 300_000  # the first render embeds 300 tasks; shared CPUs can be slow
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    require_chromium()
-    with serve_lab({"LAB_RUNS_DIR": str(tmp_path_factory.mktemp("runs"))}) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = launch_chromium(p)
-        yield chromium
-        chromium.close()
 
 
 def test_clicking_a_task_in_the_scatter_shows_its_support_images(server, browser, omniglot, mnist):

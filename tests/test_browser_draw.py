@@ -10,28 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from livelab import ARTIFACTS, launch_chromium, require_chromium, serve_lab
+from livelab import ARTIFACTS, browser, server  # noqa: F401 (fixtures)
 
 TIMEOUT_MS = 120_000
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    require_chromium()
-    with serve_lab({"LAB_RUNS_DIR": str(tmp_path_factory.mktemp("runs"))}) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture

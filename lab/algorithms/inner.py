@@ -82,6 +82,11 @@ def linear_head(params: Params, features: torch.Tensor) -> torch.Tensor:
     return F.linear(features, params["head.weight"], params["head.bias"])
 
 
+def param_key(name: str) -> str:
+    """A parameter's name as a key of ``nn.ParameterDict`` (which refuses dots), for per-parameter state."""
+    return name.replace(".", "__")
+
+
 # --------------------------------------------------------------------------- update rules
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lab.algorithms.base import StepOutput, register
-from lab.algorithms.inner import GradientLearner, InnerHparams, Params, Update, sgd
+from lab.algorithms.inner import GradientLearner, InnerHparams, Params, Update, param_key, sgd
 from lab.episodes import Episode
 
 
@@ -62,10 +62,6 @@ class UpdateNet(nn.Module):
         return self.out(torch.tanh(self.inp(feats))).squeeze(-1)
 
 
-def _key(name: str) -> str:
-    return name.replace(".", "__")
-
-
 @register
 class LearnedOptimizer(GradientLearner):
     name = "learned-opt"
@@ -76,7 +72,7 @@ class LearnedOptimizer(GradientLearner):
         super().__init__(hparams, n_way)
         self.update_net = UpdateNet(hparams.update_hidden)
         self.log_lrs = nn.ParameterDict(
-            {_key(k): nn.Parameter(torch.tensor(math.log(hparams.inner_lr))) for k in self.task_params(1)})
+            {param_key(k): nn.Parameter(torch.tensor(math.log(hparams.inner_lr))) for k in self.task_params(1)})
 
     def update_rule(self, steps: int) -> Update:
         beta = self.hparams.momentum
@@ -88,7 +84,7 @@ class LearnedOptimizer(GradientLearner):
                 state[k] = m
                 scale = torch.sqrt(g.pow(2).mean() + 1e-16)
                 correction = self.update_net(g / scale, m / scale, step / max(steps - 1, 1))
-                new[k] = params[k] - self.log_lrs[_key(k)].exp() * (g + scale * correction)
+                new[k] = params[k] - self.log_lrs[param_key(k)].exp() * (g + scale * correction)
             return new, state
 
         return update
@@ -119,6 +115,6 @@ class LearnedOptimizer(GradientLearner):
         with torch.no_grad():
             correction = self.update_net(grid, torch.zeros_like(grid), 0.0)
         return {
-            "inner_lr": [{"parameter": k, "lr": self.log_lrs[_key(k)].exp().item()} for k in self.task_params(1)],
+            "inner_lr": [{"parameter": k, "lr": self.log_lrs[param_key(k)].exp().item()} for k in self.task_params(1)],
             "update_curve": {"grad": grid.tolist(), "update": (grid + correction).tolist()},
         }

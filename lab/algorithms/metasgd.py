@@ -14,16 +14,12 @@ import torch
 from torch import nn
 
 from lab.algorithms.base import register
-from lab.algorithms.inner import GradientLearner, InnerHparams, Params, Update
+from lab.algorithms.inner import GradientLearner, InnerHparams, Params, Update, param_key
 
 
 @dataclass(frozen=True)
 class MetaSGDHparams(InnerHparams):
     """``inner_lr`` is where every learned rate starts."""
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")
 
 
 @register
@@ -36,11 +32,11 @@ class MetaSGD(GradientLearner):
         super().__init__(hparams, n_way)
         shapes = {k: (v[:1] if k.startswith("head.") else v) for k, v in self.task_params(1).items()}
         self.inner_lrs = nn.ParameterDict(
-            {_key(k): nn.Parameter(torch.full_like(v.detach(), hparams.inner_lr)) for k, v in shapes.items()})
+            {param_key(k): nn.Parameter(torch.full_like(v.detach(), hparams.inner_lr)) for k, v in shapes.items()})
 
     def learned_rate(self, name: str) -> torch.Tensor:
         """The rates of parameter ``name`` (a head's single row broadcasts over the task's classes)."""
-        return self.inner_lrs[_key(name)]
+        return self.inner_lrs[param_key(name)]
 
     def update_rule(self, steps: int) -> Update:
         def update(step: int, params: Params, grads: Params, state: dict) -> tuple[Params, dict]:
