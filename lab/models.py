@@ -17,15 +17,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+def max_pool_2x2(x: torch.Tensor, gather: bool = False) -> torch.Tensor:
     """2x2 max-pooling of ``(n, C, H, W)``, the same values as ``F.max_pool2d(x, 2)``.
 
     Outside autograd on a CPU it pools a channels-last copy: PyTorch's CPU kernel for the
     default layout measured about twice as slow as the copy and the channels-last kernel
-    together (75 images of 64 x 28 x 28). Where gradients flow, the default kernel is used.
+    together (75 images of 64 x 28 x 28). Where gradients flow, the default kernel is used,
+    unless ``gather``: then each window's maximum is located that faster way, outside autograd,
+    and picked out of ``x`` with ``gather``, whose backward (a scatter) and double backward (a
+    gather) are PyTorch's own. The values, the gradients and the choice among equal maxima
+    (the first in the window) are ``max_pool2d``'s; forward, backward and double backward
+    together measured 1.4-1.7x faster on one CPU thread (5 to 75 images of 64 x 28 x 28 and
+    smaller). The lab's functional network (``lab.algorithms.inner``) pools this way; the
+    module keeps PyTorch's layer.
     """
-    if x.device.type == "cpu" and x.dim() == 4 and not (x.requires_grad and torch.is_grad_enabled()) and _plain(x):
-        return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2).contiguous()
+    if x.device.type == "cpu" and x.dim() == 4 and _plain(x):
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2).contiguous()
+        if gather:
+            with torch.no_grad():
+                _, where = F.max_pool2d(x.detach().contiguous(memory_format=torch.channels_last), 2,
+                                        return_indices=True)
+            n, c, h, w = where.shape
+            return x.flatten(2).gather(2, where.contiguous().flatten(2)).view(n, c, h, w)
     return F.max_pool2d(x, 2)
 
 

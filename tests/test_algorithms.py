@@ -110,6 +110,22 @@ def test_max_pooling_outside_autograd_equals_torch_s_and_leaves_gradients_alone(
     assert torch.equal(g1, g2)
 
 
+@pytest.mark.parametrize("shape", [(3, 8, 28, 28), (2, 4, 7, 7), (1, 2, 3, 3)])
+def test_gathered_max_pooling_matches_torch_s_to_the_second_derivative_ties_included(shape):
+    x = torch.randn(shape)
+    x[:, :, :4, :4] = 0.5  # flat windows: the first maximum of each must be the one chosen
+    upstream = torch.randn(F.max_pool2d(x, 2).shape, requires_grad=True)
+    results = []
+    for pool in (lambda t: max_pool_2x2(t, gather=True), lambda t: F.max_pool2d(t, 2)):
+        xg = x.clone().requires_grad_()
+        out = pool(xg)
+        grad, = torch.autograd.grad(out, xg, upstream, create_graph=True)
+        second, = torch.autograd.grad((grad * x.cos()).sum(), upstream)
+        results.append((out.detach(), grad.detach(), second))
+    for ours, torch_s in zip(*results):
+        assert torch.equal(ours, torch_s)
+
+
 def test_the_first_inner_step_moves_only_the_class_symmetric_head(omniglot):
     model = small("maml")
     ep = sample_episode(omniglot.pool("train"), 5, 1, 0, np.random.default_rng(2))

@@ -60,7 +60,7 @@ def conv4_features(params: Params, x: torch.Tensor, groups: int = 8) -> torch.Te
     for i in range(4):
         x = F.conv2d(x, params[f"encoder.blocks.{i}.0.weight"], params[f"encoder.blocks.{i}.0.bias"], padding=1)
         x = F.group_norm(x, groups, params[f"encoder.blocks.{i}.1.weight"], params[f"encoder.blocks.{i}.1.bias"])
-        x = F.relu(max_pool_2x2(x))
+        x = F.relu(max_pool_2x2(x, gather=True))
     return x.flatten(1)
 
 
