@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from lab.data import DATASETS
 from lab.device import DEVICE_CHOICES
 
+LR_SCHEDULES = ("constant", "cosine")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -24,6 +26,7 @@ class TrainConfig:
     train_way: int | None = None  # classes per training task (Prototypical Networks train with more); None: n_way
     meta_batch: int = 4  # tasks per outer step
     meta_lr: float = 1e-3  # Adam learning rate of the outer loop
+    lr_schedule: str = "constant"  # constant, or cosine: the meta learning rate falls to zero as steps or minutes run out
     steps: int = 1000  # outer steps; with minutes, whichever ends first
     minutes: float | None = None  # wall-clock budget of training, validation included
     seed: int = 0  # seeds the task stream and the initial weights
@@ -53,6 +56,8 @@ class TrainConfig:
             raise ValueError(f"train_way: a task needs at least 2 classes, not {self.train_way}")
         if not self.meta_lr > 0:
             raise ValueError(f"meta_lr: must be positive, not {self.meta_lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
         if self.minutes is not None and not self.minutes > 0:
             raise ValueError(f"minutes: must be positive, not {self.minutes}")
         # Filling in the algorithm's defaults validates its hyper-parameters too.

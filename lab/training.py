@@ -44,6 +44,13 @@ def check_config(config: TrainConfig) -> None:
     _pools(config)
 
 
+def lr_factor(schedule: str, progress: float) -> float:
+    """The fraction of the configured meta learning rate to use at ``progress`` (0 to 1) of the run."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return 1.0
+
+
 class _StopSignal:
     """Turns SIGTERM/SIGINT into a graceful stop request while training runs in the main thread."""
 
@@ -98,6 +105,8 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
         step, best_val, elapsed_before = state["step"], state["best_val"], state["elapsed_s"]
         if writer:
             runs.truncate_metrics(run_dir, step)
+    for group in optimizer.param_groups:  # the rate the schedule scales (kept in the optimiser's state)
+        group.setdefault("initial_lr", group["lr"])
     if writer:
         (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
         runs.write_status(run_dir, "running", step=step, device=describe_device(device)["name"], error=None,
@@ -129,6 +138,13 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 average_gradients(model.parameters(), world)
+                if config.lr_schedule != "constant":  # the same rate on every process
+                    done, = mean_across([max(step / config.steps, elapsed / budget)], world, device)
+                    factor = lr_factor(config.lr_schedule, done)
+                else:
+                    factor = 1.0
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
                 optimizer.step()
                 step += 1
                 window_loss += out.loss.item()
@@ -145,6 +161,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
                     "loss": loss,
                     "accuracy": accuracy,
                     "tasks_per_s": window_tasks / (time.perf_counter() - window_start),
+                    "meta_lr": optimizer.param_groups[0]["lr"],
                     **{k: float(v) for k, v in out.extras.items()},
                 }
                 if (step % config.val_every == 0 or last) and world.is_main:

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -74,6 +75,23 @@ def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
     assert runs.read_status(run_dir)["state"] == "finished"
 
 
+def test_a_cosine_schedule_anneals_the_meta_rate_and_resumes_on_it(tmp_path):
+    config = TrainConfig(dataset="digits", steps=20, meta_lr=1e-3, lr_schedule="cosine", val_every=10,
+                         val_episodes=5, log_every=5, n_query=5)
+    run_dir = runs.create_run(tmp_path, config, "cosine")
+    for record in train(config, run_dir):
+        if record["step"] == 10:
+            runs.request_stop(run_dir)
+    list(train(config, run_dir, resume=True))
+    rates = {r["step"]: r["meta_lr"] for r in runs.read_jsonl(run_dir / "metrics.jsonl")}
+    assert list(rates) == [5, 10, 15, 20]
+    # the rate of the step that was logged: step s used progress (s - 1) / 20
+    for step, rate in rates.items():
+        assert rate == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * (step - 1) / 20)))
+    flat = TrainConfig(dataset="digits", steps=5, meta_lr=1e-3, val_every=5, val_episodes=5, log_every=5, n_query=5)
+    assert [r["meta_lr"] for r in train(flat)] == [1e-3]
+
+
 def test_a_nan_loss_fails_the_run_with_its_step(tmp_path):
     config = TrainConfig(dataset="digits", steps=5, meta_lr=1e30, val_every=100, n_query=5, log_every=1)
     run_dir = runs.create_run(tmp_path, config, "nan")
@@ -116,7 +134,8 @@ def test_a_killed_run_reads_as_interrupted(tmp_path):
 @pytest.mark.parametrize(
     "field, value, message",
     [("n_way", 1, "n_way"), ("meta_lr", 0.0, "meta_lr"), ("algorithm", "magic", "algorithm"),
-     ("dataset", "cifar", "dataset"), ("steps", 0, "steps"), ("hparams", {"nope": 1}, "hparams")],
+     ("dataset", "cifar", "dataset"), ("steps", 0, "steps"), ("hparams", {"nope": 1}, "hparams"),
+     ("lr_schedule", "linear", "lr_schedule")],
 )
 def test_invalid_configs_name_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):

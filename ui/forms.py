@@ -14,7 +14,7 @@ import json
 import streamlit as st
 
 from lab.algorithms import REGISTRY
-from lab.config import TrainConfig, field_comments, hparam_fields
+from lab.config import LR_SCHEDULES, TrainConfig, field_comments, hparam_fields
 from lab.data import DATASETS, SPLIT_SCHEMES, dataset_status
 from lab.device import DEVICE_CHOICES
 
@@ -127,10 +127,12 @@ def train_form() -> dict:
     c1, c2 = st.columns(2)
     meta_batch = _number(c1, "Meta-batch", "meta_batch", 1, step=1)
     meta_lr = _number(c2, "Meta learning rate", "meta_lr", 0.0, step=1e-4, format="%g")
-    steps = _number(c1, "Steps", "steps", 1, step=100)
-    minutes = _number(c2, "Minutes", "minutes", 0.0, step=1.0, format="%g", optional=True)
-    seed = _number(c1, "Seed", "seed", 0, step=1)
-    device = c2.selectbox("Device", DEVICE_CHOICES, index=DEVICE_CHOICES.index(DEFAULTS.device), key="device",
+    lr_schedule = c1.selectbox("Learning-rate schedule", LR_SCHEDULES, index=LR_SCHEDULES.index(DEFAULTS.lr_schedule),
+                               key="lr_schedule", bind=Q, help=HELP.get("lr_schedule"))
+    steps = _number(c2, "Steps", "steps", 1, step=100)
+    minutes = _number(c1, "Minutes", "minutes", 0.0, step=1.0, format="%g", optional=True)
+    seed = _number(c2, "Seed", "seed", 0, step=1)
+    device = c1.selectbox("Device", DEVICE_CHOICES, index=DEVICE_CHOICES.index(DEFAULTS.device), key="device",
                           bind=Q, help=HELP.get("device"))
     with st.expander("Validation and logging"):
         c1, c2 = st.columns(2)
@@ -139,6 +141,6 @@ def train_form() -> dict:
         log_every = _number(c1, "Log every", "log_every", 1, step=1)
     return dict(algorithm=algorithm, dataset=dataset, data_dir=data_dir,
                 split_scheme=None if scheme == schemes[0] else scheme, n_way=n_way, k_shot=k_shot, n_query=n_query,
-                train_way=train_way, meta_batch=meta_batch, meta_lr=meta_lr, steps=steps,
+                train_way=train_way, meta_batch=meta_batch, meta_lr=meta_lr, lr_schedule=lr_schedule, steps=steps,
                 minutes=minutes or None, seed=seed, device=device, val_every=val_every,
                 val_episodes=val_episodes, log_every=log_every, hparams=hparams)
