@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -122,11 +123,13 @@ def gradients(loss_fn: LossFn, params: Params, names: Sequence[str], create_grap
     return dict(zip(names, torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)))
 
 
-def inner_loop(loss_fn: LossFn, params: Params, steps: int, update: Update, adapted: Sequence[str] | None = None,
-               second_order: bool = True, functional: bool = False, symmetric_head: bool = False) -> Params:
+def inner_loop(loss_fn: LossFn | Sequence[LossFn], params: Params, steps: int, update: Update,
+               adapted: Sequence[str] | None = None, second_order: bool = True, functional: bool = False,
+               symmetric_head: bool = False) -> Params:
     """``steps`` steps of ``update`` on the support loss ``loss_fn``, from ``params``; the adapted params.
 
-    Only the names in ``adapted`` (default: all) change. ``second_order`` keeps the graph of each
+    ``loss_fn`` may also be a sequence of losses, one per step (mini-batches of the support
+    set, as Reptile takes them). Only the names in ``adapted`` (default: all) change. ``second_order`` keeps the graph of each
     gradient, so the result can be differentiated through the steps. ``symmetric_head`` promises
     that the head's rows (``head.weight``, ``head.bias``) are all equal at the start, so step 0
     differentiates the head alone (the other gradients are exactly zero then, see the module's
@@ -139,7 +142,8 @@ def inner_loop(loss_fn: LossFn, params: Params, steps: int, update: Update, adap
         names = [k for k in adapted if k in HEAD] if step == 0 and symmetric_head else adapted
         if not names:
             continue
-        grads = gradients(loss_fn, params, names, second_order, functional, alias=[k for k in names if k not in moved])
+        loss = loss_fn[step] if isinstance(loss_fn, Sequence) else loss_fn
+        grads = gradients(loss, params, names, second_order, functional, alias=[k for k in names if k not in moved])
         params, state = update(step, params, grads, state)
         moved = set(grads)
     return params
@@ -305,6 +309,10 @@ class GradientLearner(MetaLearner):
         """Images ``(n, 1, H, W)`` -> logits ``(n, n_way)`` under the task's ``params``."""
         return linear_head(params, conv4_features(params, x, self.groups))
 
+    def support_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The cross-entropy of ``params`` on labelled images ``x``, ``y`` (what the inner loop lowers)."""
+        return F.cross_entropy(self.logits(params, x), y)
+
     def adapted_names(self, params: Params) -> list[str]:
         return list(params)
 
@@ -332,10 +340,7 @@ class GradientLearner(MetaLearner):
                      second_order: bool, functional: bool = False, update: Update | None = None) -> Params:
         """The task's parameters after ``steps`` inner steps on its support set (by ``update``,
         default the algorithm's own rule)."""
-        def support_loss(p: Params) -> torch.Tensor:
-            return F.cross_entropy(self.logits(p, support_x), support_y)
-
-        return inner_loop(support_loss, params, steps, update or self.update_rule(steps), self.adapted_names(params),
+        return inner_loop(partial(self.support_loss, x=support_x, y=support_y), params, steps, update or self.update_rule(steps), self.adapted_names(params),
                           second_order, functional, symmetric_head=True)
 
     # ----------------------------------------------------------------- meta-training

@@ -4,7 +4,8 @@ It is the way the reference implementations (learn2learn's ``MAML``/``MetaSGD``,
 repositories) do one meta-training step: one task at a time, the network called as a module
 (``torch.func.functional_call`` on ``lab.models.Conv4``), every adapted parameter
 differentiated at every inner step with ``torch.autograd.grad(create_graph=second_order)``,
-and ``backward()`` once per task. It computes the same meta-gradient as the lab's learners
+and ``backward()`` once per task. The module pools with PyTorch's ``max_pool2d`` where
+gradients flow; the lab's functional network pools by ``gather`` (``lab.models.max_pool_2x2``). It computes the same meta-gradient as the lab's learners
 (same parameters, same update rule); only the way it computes it differs.
 """
 
@@ -25,9 +26,10 @@ def _logits(model: GradientLearner, params: Params, x: torch.Tensor) -> torch.Te
 
 
 def _adapt(model: GradientLearner, params: Params, names: list[str], loss_fn, steps: int, second_order: bool) -> Params:
+    """``steps`` steps on ``loss_fn``, or on ``loss_fn[step]`` when it is a list (one mini-batch a step)."""
     update, state = model.update_rule(steps), {}
     for step in range(steps):
-        loss = loss_fn(params)
+        loss = loss_fn[step](params) if isinstance(loss_fn, list) else loss_fn(params)
         grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=second_order)
         params, state = update(step, params, dict(zip(names, grads)), state)
     return params
@@ -72,13 +74,15 @@ def _maml_task(model: GradientLearner, task: Episode, n_way: int, second_order: 
 
 
 def _reptile_task(model: GradientLearner, task: Episode, n_way: int, tasks: int) -> torch.Tensor:
-    from lab.algorithms.reptile import train_shots
+    from lab.algorithms.reptile import mini_batches, train_shots
 
     start = model.task_params(n_way)
     params = {k: v.detach().requires_grad_() for k, v in start.items()}
-    x, y = train_shots(*task[:4]) if model.hparams.train_on_query else (task.support_x, task.support_y)
-    adapted = _adapt(model, params, list(params), lambda p: F.cross_entropy(_logits(model, p, x), y),
-                     model.hparams.inner_steps, second_order=False)
+    steps = model.hparams.inner_steps
+    x, y = train_shots(*task[:4], n_way) if model.hparams.train_on_query else (task.support_x, task.support_y)
+    losses = [lambda p, bx=bx, by=by: F.cross_entropy(_logits(model, p, bx), by)
+              for bx, by in mini_batches(x, y, model.hparams.inner_batch, steps)]
+    adapted = _adapt(model, params, list(params), losses, steps, second_order=False)
     with torch.no_grad():
         loss = F.cross_entropy(_logits(model, adapted, task.query_x), task.query_y)
     # The meta-gradient is theta - theta_adapted: accumulate it directly.

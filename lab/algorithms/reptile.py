@@ -15,12 +15,13 @@ rates. The query set is used only to report accuracy, never to adapt or to updat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from lab.algorithms.base import StepOutput, register
-from lab.algorithms.inner import GradientLearner, InnerHparams, map_in_threads, surrogate_loss
+from lab.algorithms.inner import GradientLearner, InnerHparams, inner_loop, map_in_threads, surrogate_loss
 from lab.episodes import Episode
 
 
@@ -29,6 +30,7 @@ class ReptileHparams(InnerHparams):
     first_order: bool = True  # Reptile never differentiates through the inner loop
     outer_optimizer: str = "adam"  # "sgd": theta += meta_lr * (theta_adapted - theta); "adam": Adam on that direction
     train_on_query: bool = True  # meta-training adapts on support and query images alike (the paper's "train shots")
+    inner_batch: int | None = 10  # images per inner step in meta-training, a new mini-batch each step (the paper's 10); None: all
 
     def __post_init__(self):
         super().__post_init__()
@@ -36,6 +38,9 @@ class ReptileHparams(InnerHparams):
             raise ValueError("first_order: Reptile is first-order by construction; leave it true")
         if self.outer_optimizer not in ("adam", "sgd"):
             raise ValueError(f"outer_optimizer: must be 'adam' or 'sgd', not {self.outer_optimizer!r}")
+        if self.inner_batch is not None and (not isinstance(self.inner_batch, int) or isinstance(self.inner_batch, bool)
+                                             or self.inner_batch < 1):
+            raise ValueError(f"inner_batch: must be a positive whole number or null, not {self.inner_batch!r}")
         if not isinstance(self.train_on_query, bool):
             raise ValueError(f"train_on_query: must be true or false, not {self.train_on_query!r}")
 
@@ -61,12 +66,15 @@ class Reptile(GradientLearner):
         56-58% without the query images, 82% with them in only 358 steps on a busy machine). The loss and accuracy reported are then on images it adapted on;
         meta-validation and meta-testing adapt on the support set alone.
         """
-        if self.hparams.train_on_query:
-            support_x, support_y = train_shots(support_x, support_y, query_x, query_y)
+        x, y = train_shots(support_x, support_y, query_x, query_y, n_way) if self.hparams.train_on_query \
+            else (support_x, support_y)
         start = self.task_params(n_way)
         leaves = {k: v.detach() if functional else v.detach().requires_grad_() for k, v in start.items()}
-        adapted = self.adapt_params(leaves, support_x, support_y, self.hparams.inner_steps,
-                                    second_order=False, functional=functional)
+        losses = [partial(self.support_loss, x=bx, y=by)
+                  for bx, by in mini_batches(x, y, self.hparams.inner_batch, self.hparams.inner_steps)]
+        adapted = inner_loop(losses, leaves, self.hparams.inner_steps, self.update_rule(self.hparams.inner_steps),
+                             self.adapted_names(leaves), second_order=False, functional=functional,
+                             symmetric_head=True)
         adapted = {k: v.detach() for k, v in adapted.items()}
         with torch.no_grad():
             logits = self.logits(adapted, query_x)
@@ -101,6 +109,27 @@ class Reptile(GradientLearner):
         return StepOutput(value, correct / batch.query_y.numel())
 
 
-def train_shots(support_x, support_y, query_x, query_y) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training task's labelled images, support and query together (one task's leading dimension)."""
-    return torch.cat([support_x, query_x], -4), torch.cat([support_y, query_y], -1)
+def train_shots(support_x, support_y, query_x, query_y, n_way: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training task's labelled images, support and query together, shot by shot: each run
+    of ``n_way`` images holds one image of every class (the sets come class by class, as
+    :func:`lab.episodes.sample_episode` lays them out)."""
+    def by_shot(support: torch.Tensor, query: torch.Tensor, item_dims: int) -> torch.Tensor:
+        dim = support.dim() - item_dims - 1  # the images' dimension
+        both = torch.cat([support.unflatten(dim, (n_way, -1)), query.unflatten(dim, (n_way, -1))], dim + 1)
+        return both.transpose(dim, dim + 1).flatten(dim, dim + 1)
+
+    return by_shot(support_x, query_x, 3), by_shot(support_y, query_y, 0)
+
+
+def mini_batches(x: torch.Tensor, y: torch.Tensor, size: int | None, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One mini-batch of ``size`` consecutive images per inner step, going round ``x`` (all of it when ``size`` is None)."""
+    n = x.shape[-4]
+    if size is None or size >= n:
+        return [(x, y)] * steps
+    def take(t: torch.Tensor, dim: int, start: int) -> torch.Tensor:
+        if start + size <= n:
+            return t.narrow(dim, start, size)
+        return torch.cat([t.narrow(dim, start, n - start), t.narrow(dim, 0, start + size - n)], dim)
+
+    starts = [(step * size) % n for step in range(steps)]
+    return [(take(x, -4, s), take(y, -1, s)) for s in starts]
