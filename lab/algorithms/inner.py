@@ -293,7 +293,8 @@ class GradientLearner(MetaLearner):
 
     @property
     def test_steps(self) -> int:
-        """Inner steps when adapting to a new task (measured best when equal to training's, the default)."""
+        """Inner steps when adapting to a new task (default: training's, measured best for MAML;
+        first-order learners gained from more)."""
         return self.hparams.test_inner_steps or self.hparams.inner_steps
 
     def task_params(self, n_way: int, detach: bool = False) -> Params:
