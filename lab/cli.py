@@ -16,8 +16,8 @@ from pathlib import Path
 
 from lab import runs
 from lab.clustering import EMBEDDINGS, SOURCES
-from lab.data import DATASETS, DatasetUnavailable
 from lab.config import LR_SCHEDULES
+from lab.data import DATASETS, DatasetUnavailable
 from lab.device import DEVICE_CHOICES
 
 
@@ -66,8 +66,8 @@ def _config_from_args(args):
         "algorithm": args.algorithm, "dataset": args.dataset, "data_dir": args.data_dir,
         "split_scheme": args.split_scheme, "n_way": args.n_way, "k_shot": args.k_shot, "n_query": args.n_query,
         "train_way": args.train_way, "meta_batch": args.meta_batch, "meta_lr": args.meta_lr,
-        "lr_schedule": args.lr_schedule, "steps": args.steps, "minutes": args.minutes, "seed": args.seed, "device": args.device, "val_every": args.val_every,
-        "val_episodes": args.val_episodes, "log_every": args.log_every, "hparams": hparams,
+        "lr_schedule": args.lr_schedule, "steps": args.steps, "minutes": args.minutes, "seed": args.seed,
+        "device": args.device, "val_every": args.val_every, "val_episodes": args.val_episodes, "log_every": args.log_every, "hparams": hparams,
     }
     return TrainConfig(**{k: v for k, v in fields.items() if v is not None})
 

@@ -129,8 +129,9 @@ def inner_loop(loss_fn: LossFn | Sequence[LossFn], params: Params, steps: int, u
     """``steps`` steps of ``update`` on the support loss ``loss_fn``, from ``params``; the adapted params.
 
     ``loss_fn`` may also be a sequence of losses, one per step (mini-batches of the support
-    set, as Reptile takes them). Only the names in ``adapted`` (default: all) change. ``second_order`` keeps the graph of each
-    gradient, so the result can be differentiated through the steps. ``symmetric_head`` promises
+    set, as Reptile takes them). Only the names in ``adapted`` (default: all) change.
+    ``second_order`` keeps the graph of each gradient, so the result can be differentiated
+    through the steps. ``symmetric_head`` promises
     that the head's rows (``head.weight``, ``head.bias``) are all equal at the start, so step 0
     differentiates the head alone (the other gradients are exactly zero then, see the module's
     docstring); the result is then the same, only cheaper.
@@ -341,8 +342,9 @@ class GradientLearner(MetaLearner):
                      second_order: bool, functional: bool = False, update: Update | None = None) -> Params:
         """The task's parameters after ``steps`` inner steps on its support set (by ``update``,
         default the algorithm's own rule)."""
-        return inner_loop(partial(self.support_loss, x=support_x, y=support_y), params, steps, update or self.update_rule(steps), self.adapted_names(params),
-                          second_order, functional, symmetric_head=True)
+        return inner_loop(partial(self.support_loss, x=support_x, y=support_y), params, steps,
+                          update or self.update_rule(steps), self.adapted_names(params), second_order, functional,
+                          symmetric_head=True)
 
     # ----------------------------------------------------------------- meta-training
 

@@ -5,8 +5,9 @@ repositories) do one meta-training step: one task at a time, the network called 
 (``torch.func.functional_call`` on ``lab.models.Conv4``), every adapted parameter
 differentiated at every inner step with ``torch.autograd.grad(create_graph=second_order)``,
 and ``backward()`` once per task. The module pools with PyTorch's ``max_pool2d`` where
-gradients flow; the lab's functional network pools by ``gather`` (``lab.models.max_pool_2x2``). It computes the same meta-gradient as the lab's learners
-(same parameters, same update rule); only the way it computes it differs.
+gradients flow; the lab's functional network pools by ``gather`` (``lab.models.max_pool_2x2``).
+It computes the same meta-gradient as the lab's learners (same parameters, same update
+rule); only the way it computes it differs.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ class ReptileHparams(InnerHparams):
     test_inner_steps: int | None = 10  # steps when adapting to a new task (the paper takes 50; 10 measured as good here)
     outer_optimizer: str = "adam"  # "sgd": theta += meta_lr * (theta_adapted - theta); "adam": Adam on that direction
     train_on_query: bool = True  # meta-training adapts on support and query images alike (the paper's "train shots")
-    inner_batch: int | None = 10  # images per inner step in meta-training, a new mini-batch each step (the paper's 10); None: all
+    inner_batch: int | None = 10  # images per inner step in meta-training, new ones each step (the paper's 10); None: all
 
     def __post_init__(self):
         super().__post_init__()
@@ -129,11 +129,14 @@ def train_shots(support_x, support_y, query_x, query_y, n_way: int) -> tuple[tor
     return by_shot(support_x, query_x, 3), by_shot(support_y, query_y, 0)
 
 
-def mini_batches(x: torch.Tensor, y: torch.Tensor, size: int | None, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One mini-batch of ``size`` consecutive images per inner step, going round ``x`` (all of it when ``size`` is None)."""
+def mini_batches(x: torch.Tensor, y: torch.Tensor, size: int | None,
+                 steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One mini-batch of ``size`` consecutive images ``(x, y)`` per inner step, going round the
+    images (all of them at every step when ``size`` is None or not smaller)."""
     n = x.shape[-4]
     if size is None or size >= n:
         return [(x, y)] * steps
+
     def take(t: torch.Tensor, dim: int, start: int) -> torch.Tensor:
         if start + size <= n:
             return t.narrow(dim, start, size)
