@@ -67,7 +67,8 @@ def _config_from_args(args):
         "split_scheme": args.split_scheme, "n_way": args.n_way, "k_shot": args.k_shot, "n_query": args.n_query,
         "train_way": args.train_way, "meta_batch": args.meta_batch, "meta_lr": args.meta_lr,
         "lr_schedule": args.lr_schedule, "steps": args.steps, "minutes": args.minutes, "seed": args.seed,
-        "device": args.device, "val_every": args.val_every, "val_episodes": args.val_episodes, "log_every": args.log_every, "hparams": hparams,
+        "device": args.device, "val_every": args.val_every, "val_episodes": args.val_episodes,
+        "log_every": args.log_every, "hparams": hparams,
     }
     return TrainConfig(**{k: v for k, v in fields.items() if v is not None})
 
@@ -393,7 +394,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--train-way", type=int, help="classes per training task (default: --n-way)")
     q.add_argument("--meta-batch", type=int)
     q.add_argument("--meta-lr", type=float)
-    q.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="cosine: the meta learning rate falls to zero by the end")
+    q.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="cosine: the meta learning rate falls to zero by the end")
     q.add_argument("--steps", type=int)
     q.add_argument("--minutes", type=float, help="wall-clock budget; with --steps, whichever ends first")
     q.add_argument("--seed", type=int, default=0)

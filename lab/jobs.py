@@ -104,18 +104,18 @@ def stop(run_dir: str | os.PathLike) -> None:
         raise ValueError(f"{run_dir.name} is {status.get('state')}, not running")
 
 
-def check_resumable(run_dir: Path) -> None:
-    """Refuse, with the reason, a run that is not stopped or interrupted."""
-    state = runs.read_status(run_dir).get("state")
-    if state not in RESUMABLE:
-        raise ValueError(f"{run_dir.name} is {state}: only a stopped or interrupted run can be resumed")
+def check_resumable(run_dir: Path) -> dict:
+    """The run's status; refuses, with the reason, a run that is not stopped or interrupted."""
+    status = runs.read_status(run_dir)
+    if status.get("state") not in RESUMABLE:
+        raise ValueError(f"{run_dir.name} is {status.get('state')}: only a stopped or interrupted run can be resumed")
+    return status
 
 
 def resume(run_dir: str | os.PathLike) -> int:
     """Continue a stopped or interrupted run from its last checkpoint (from the start if it has none)."""
     run_dir = Path(run_dir)
-    check_resumable(run_dir)
-    status = runs.read_status(run_dir)
+    status = check_resumable(run_dir)
     return launch(run_dir, resume=(run_dir / "last.pt").exists(), processes=int(status.get("world_size") or 1))
 
 

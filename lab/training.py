@@ -138,13 +138,10 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 average_gradients(model.parameters(), world)
-                if config.lr_schedule != "constant":  # the same rate on every process
-                    done, = mean_across([max(step / config.steps, elapsed / budget)], world, device)
-                    factor = lr_factor(config.lr_schedule, done)
-                else:
-                    factor = 1.0
-                for group in optimizer.param_groups:
-                    group["lr"] = group["initial_lr"] * factor
+                if config.lr_schedule != "constant":
+                    done, = mean_across([max(step / config.steps, elapsed / budget)], world, device)  # one rate for all
+                    for group in optimizer.param_groups:
+                        group["lr"] = group["initial_lr"] * lr_factor(config.lr_schedule, done)
                 optimizer.step()
                 step += 1
                 window_loss += out.loss.item()

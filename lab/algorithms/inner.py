@@ -103,6 +103,23 @@ def sgd(lr: float) -> Update:
 # --------------------------------------------------------------------------- the inner loop
 
 
+def mini_batches(x: torch.Tensor, y: torch.Tensor, size: int | None,
+                 steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One mini-batch of ``size`` consecutive images ``(x, y)`` per inner step, going round the
+    images (all of them at every step when ``size`` is None or not smaller)."""
+    n = x.shape[-4]
+    if size is None or size >= n:
+        return [(x, y)] * steps
+
+    def take(t: torch.Tensor, dim: int, start: int) -> torch.Tensor:
+        if start + size <= n:
+            return t.narrow(dim, start, size)
+        return torch.cat([t.narrow(dim, start, n - start), t.narrow(dim, 0, start + size - n)], dim)
+
+    starts = [(step * size) % n for step in range(steps)]
+    return [(take(x, -4, s), take(y, -1, s)) for s in starts]
+
+
 def gradients(loss_fn: LossFn, params: Params, names: Sequence[str], create_graph: bool, functional: bool,
               alias: Sequence[str] = ()) -> Params:
     """Gradients of ``loss_fn(params)`` with respect to ``params[names]``.
@@ -339,10 +356,12 @@ class GradientLearner(MetaLearner):
         return torch.autocast(device.type, dtype=torch.bfloat16) if use else nullcontext()
 
     def adapt_params(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, steps: int,
-                     second_order: bool, functional: bool = False, update: Update | None = None) -> Params:
+                     second_order: bool, functional: bool = False, update: Update | None = None,
+                     batch: int | None = None) -> Params:
         """The task's parameters after ``steps`` inner steps on its support set (by ``update``,
-        default the algorithm's own rule)."""
-        return inner_loop(partial(self.support_loss, x=support_x, y=support_y), params, steps,
+        default the algorithm's own rule), each step on the next ``batch`` images (default: all)."""
+        losses = [partial(self.support_loss, x=x, y=y) for x, y in mini_batches(support_x, support_y, batch, steps)]
+        return inner_loop(losses, params, steps,
                           update or self.update_rule(steps), self.adapted_names(params), second_order, functional,
                           symmetric_head=True)
 

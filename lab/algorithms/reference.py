@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from lab.algorithms.base import MetaLearner
-from lab.algorithms.inner import HEAD, GradientLearner, Params
+from lab.algorithms.inner import HEAD, GradientLearner, Params, mini_batches
 from lab.episodes import Episode
 
 
@@ -75,7 +75,7 @@ def _maml_task(model: GradientLearner, task: Episode, n_way: int, second_order: 
 
 
 def _reptile_task(model: GradientLearner, task: Episode, n_way: int, tasks: int) -> torch.Tensor:
-    from lab.algorithms.reptile import mini_batches, train_shots
+    from lab.algorithms.reptile import train_shots
 
     start = model.task_params(n_way)
     params = {k: v.detach().requires_grad_() for k, v in start.items()}

@@ -17,13 +17,12 @@ a new mini-batch of them at each step (the paper's "train shots" and "inner batc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from lab.algorithms.base import StepOutput, register
-from lab.algorithms.inner import GradientLearner, InnerHparams, inner_loop, map_in_threads, surrogate_loss
+from lab.algorithms.inner import GradientLearner, InnerHparams, map_in_threads, surrogate_loss
 from lab.episodes import Episode
 
 
@@ -78,11 +77,8 @@ class Reptile(GradientLearner):
             else (support_x, support_y)
         start = self.task_params(n_way)
         leaves = {k: v.detach() if functional else v.detach().requires_grad_() for k, v in start.items()}
-        losses = [partial(self.support_loss, x=bx, y=by)
-                  for bx, by in mini_batches(x, y, self.hparams.inner_batch, self.hparams.inner_steps)]
-        adapted = inner_loop(losses, leaves, self.hparams.inner_steps, self.update_rule(self.hparams.inner_steps),
-                             self.adapted_names(leaves), second_order=False, functional=functional,
-                             symmetric_head=True)
+        adapted = self.adapt_params(leaves, x, y, self.hparams.inner_steps, second_order=False, functional=functional,
+                                    batch=self.hparams.inner_batch)
         adapted = {k: v.detach() for k, v in adapted.items()}
         with torch.no_grad():
             logits = self.logits(adapted, query_x)
@@ -127,20 +123,3 @@ def train_shots(support_x, support_y, query_x, query_y, n_way: int) -> tuple[tor
         return both.transpose(dim, dim + 1).flatten(dim, dim + 1)
 
     return by_shot(support_x, query_x, 3), by_shot(support_y, query_y, 0)
-
-
-def mini_batches(x: torch.Tensor, y: torch.Tensor, size: int | None,
-                 steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One mini-batch of ``size`` consecutive images ``(x, y)`` per inner step, going round the
-    images (all of them at every step when ``size`` is None or not smaller)."""
-    n = x.shape[-4]
-    if size is None or size >= n:
-        return [(x, y)] * steps
-
-    def take(t: torch.Tensor, dim: int, start: int) -> torch.Tensor:
-        if start + size <= n:
-            return t.narrow(dim, start, size)
-        return torch.cat([t.narrow(dim, start, n - start), t.narrow(dim, 0, start + size - n)], dim)
-
-    starts = [(step * size) % n for step in range(steps)]
-    return [(take(x, -4, s), take(y, -1, s)) for s in starts]
