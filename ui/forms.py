@@ -127,7 +127,7 @@ def train_form() -> dict:
     c1, c2 = st.columns(2)
     meta_batch = _number(c1, "Meta-batch", "meta_batch", 1, step=1)
     meta_lr = _number(c2, "Meta learning rate", "meta_lr", 0.0, step=1e-4, format="%g")
-    lr_schedule = c1.selectbox("Learning-rate schedule", LR_SCHEDULES, index=LR_SCHEDULES.index(DEFAULTS.lr_schedule),
+    lr_schedule = c1.selectbox("LR schedule", LR_SCHEDULES, index=LR_SCHEDULES.index(DEFAULTS.lr_schedule),
                                key="lr_schedule", bind=Q, help=HELP.get("lr_schedule"))
     steps = _number(c2, "Steps", "steps", 1, step=100)
     minutes = _number(c1, "Minutes", "minutes", 0.0, step=1.0, format="%g", optional=True)
