@@ -249,6 +249,9 @@ def cmd_eval(args) -> int:
     from lab.evaluation import evaluate_run
     from lab.predict import resolve_model
 
+    if args.protocol == "lake":
+        return _eval_lake(args)
+
     result = evaluate_run(resolve_model(args.run), dataset=args.dataset, data_dir=args.data_dir, split=args.split,
                           n_way=args.n_way, k_shot=args.k_shot, n_query=args.n_query, episodes=args.episodes,
                           seed=args.seed, device=args.device, source=args.source, folder=args.folder)
@@ -262,6 +265,78 @@ def cmd_eval(args) -> int:
         for group, part in result.get("by_group", {}).items():
             print(f"  {group}: {100 * part['accuracy']:.2f}% over {part['episodes']} episodes")
     return 0
+
+
+def _eval_lake(args) -> int:
+    from lab.device import pick_device
+    from lab.lake import check_qualifies, lake_error
+
+    device = pick_device(args.device)
+    config, model = runs.load_model(args.run, device=device)
+    check_qualifies(config)
+    result = lake_error(model, runs=args.lake_runs, seed=args.seed, data_dir=args.data_dir, device=device)
+    result["run"] = str(args.run)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"Lake's protocol, {result['runs']} runs of 20-way within-alphabet one-shot: error "
+              f"{100 * result['error']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI)")
+    return 0
+
+
+# --------------------------------------------------------------------------- zoo
+
+
+def cmd_zoo(args) -> int:
+    from lab import zoo
+
+    if args.action == "list":
+        rows = zoo.status()
+        if args.json:
+            _print_json(rows)
+        for r in rows if not args.json else []:
+            shipped = f"step {r['step']:>6} of {r['recipe_steps']}" if r["shipped"] else "not shipped"
+            floors = ", ".join(f"{k} {v}" for k, v in r["floors"].items())
+            print(f"{r['name']:20s} {r['algorithm']:11s} {shipped:24s} floors: {floors}")
+        return 0
+    if args.action == "status":
+        if not args.name:
+            raise ValueError("zoo status needs a recipe name")
+        zoo.recipe(args.name)
+        _print_json(zoo.read_manifest(args.name) or {"name": args.name, "shipped": False})
+        return 0
+    if args.action == "train":
+        if not args.name:
+            raise ValueError("zoo train needs a recipe name")
+        bar = None
+        for record in zoo.train(args.name, args.minutes, args.runs_dir, args.device, args.steps):
+            if "run_dir" in record:
+                print(f"training {args.name} in {record['run_dir']} from step {record['from_step']}", file=sys.stderr)
+                bar = _progress(zoo.recipe_config(args.name).steps, args.name)
+                bar.update(record["from_step"])
+            elif "manifest" in record:
+                bar.close()
+                m = record["manifest"]
+                print(f"shipped zoo:{args.name}: step {m['step']}, meta-validation {100 * m['val_accuracy']:.2f}%, "
+                      f"{m['bytes']:,} bytes", file=sys.stderr)
+            else:
+                bar.update(record["step"] - bar.n)
+        return 0
+    if args.action == "ship":
+        if not args.name or not args.run:
+            raise ValueError("zoo ship needs a recipe name and --run RUN_DIR")
+        m = zoo.ship(args.name, args.run)
+        print(f"shipped zoo:{args.name}: step {m['step']}, {m['bytes']:,} bytes", file=sys.stderr)
+        return 0
+    rows = zoo.verify([args.name] if args.name else None, args.episodes, args.device, args.record, args.lake_runs)
+    if args.json:
+        _print_json(rows)
+    else:
+        print(zoo.markdown_table(rows))
+    failed = [f"{r['model']} {r['task']}" for r in rows if r["passed"] is False]
+    if failed:
+        print(f"under the floor or missing: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_compare(args) -> int:
@@ -427,7 +502,7 @@ def _parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("eval", help="meta-test a run: accuracy with its 95%% confidence interval")
     common(q)
-    q.add_argument("run", help="a run folder or a checkpoint file")
+    q.add_argument("run", help="a run folder, a checkpoint file, zoo:NAME or default")
     q.add_argument("--dataset", choices=DATASETS, help="default: the run's own (another dataset uses all its classes)")
     q.add_argument("--split", choices=("train", "val", "test", "all"))
     q.add_argument("--n-way", type=int)
@@ -439,7 +514,25 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--source", choices=SOURCES,
                    help="draw the test tasks from a task source (default for a clustered run: its own)")
     q.add_argument("--folder", help="a folder of images (one sub-folder per class) that joins the mixed source")
+    q.add_argument("--protocol", default="episodes", choices=("episodes", "lake"),
+                   help="lake: Lake et al.'s 20 runs of 20-way within-alphabet one-shot (mean error rate)")
+    q.add_argument("--lake-runs", type=int, default=20, help="lake: the number of runs")
     q.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("zoo", help="the model zoo: recipes, training them, shipping and verifying their models")
+    q.add_argument("action", choices=("list", "status", "train", "ship", "verify"))
+    q.add_argument("name", nargs="?", help="a recipe (verify: all when absent)")
+    q.add_argument("--minutes", type=float, help="train: stop this sitting after so many minutes (the schedule "
+                   "follows the recipe's steps)")
+    q.add_argument("--steps", type=int, help="train: the total steps to reach (default: the recipe's)")
+    q.add_argument("--runs-dir", help="train: folder of runs (default: $LAB_RUNS_DIR or ./runs)")
+    q.add_argument("--run", help="ship: the run folder whose best checkpoint joins the zoo")
+    q.add_argument("--episodes", type=int, default=1000, help="verify: test episodes per task")
+    q.add_argument("--lake-runs", type=int, default=20, help="verify: runs of Lake's protocol")
+    q.add_argument("--record", action="store_true", help="verify: write the measurements into the manifests")
+    q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_zoo)
 
     q = sub.add_parser("compare", help="two runs on the same test episodes: paired difference with its 95%% CI")
     common(q)

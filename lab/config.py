@@ -35,6 +35,7 @@ class TrainConfig:
     val_episodes: int = 200  # episodes per meta-validation
     log_every: int = 10  # outer steps between metric lines
     hparams: dict = field(default_factory=dict)  # the algorithm's own hyper-parameters
+    init_from: str | None = None  # a checkpoint (or zoo:NAME) whose weights and step count the run starts from
 
     def __post_init__(self):
         from lab.algorithms import REGISTRY

@@ -258,6 +258,16 @@ def _omniglot_splits(names, groups, parts, scheme: str, root: Path) -> dict[str,
     }
 
 
+def omniglot_drawers(root: str | os.PathLike | None = None) -> np.ndarray:
+    """The drawer (1 to 20) of every Omniglot image, in the order of :func:`load_omniglot`'s images.
+
+    Omniglot names each image ``<character id>_<drawer>.png``.
+    """
+    root = data_dir(root)
+    _ensure_omniglot(root)
+    return np.array([int(f.stem.rsplit("_", 1)[1]) for *_, fs in _omniglot_files(root) for f in fs], dtype=np.int64)
+
+
 def load_omniglot(root: Path, scheme: str = "vinyals") -> FewShotDataset:
     _ensure_omniglot(root)
     chars = _omniglot_files(root)

@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_MODEL = ASSETS / "protonet-omniglot.pt"
+ZOO_PREFIX = "zoo:"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 STOP_FILE = "STOP"
 
@@ -192,20 +195,51 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise ValueError(f"the checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
 
 
+def zoo_dir() -> Path:
+    """``$LAB_ZOO_DIR``, else the zoo the lab ships in ``assets/zoo``."""
+    return Path(os.environ.get("LAB_ZOO_DIR") or ASSETS / "zoo")
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """Where a model named on the command line or a page lives.
+
+    ``zoo:NAME`` is a model of the zoo (``assets/zoo/NAME.pt``), ``default`` the model the lab opens
+    with, anything else a run folder or a checkpoint file.
+    """
+    text = str(source)
+    if text == "default":
+        if not DEFAULT_MODEL.is_file():
+            raise ValueError(f"the shipped model {DEFAULT_MODEL} is missing: rebuild it as assets/README.md says")
+        return DEFAULT_MODEL
+    if text.startswith(ZOO_PREFIX):
+        name = check_name(text[len(ZOO_PREFIX):])
+        path = zoo_dir() / f"{name}.pt"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in zoo_dir().glob("*.pt"))
+            raise ValueError(f"the zoo has no model {name!r}; it ships {', '.join(shipped) or 'none yet'}")
+        return path
+    return Path(source)
+
+
 def load_model(source: str | os.PathLike, which: str = "best", device="cpu"):
-    """(config, model) from a run folder's ``best.pt``/``last.pt``, or from a checkpoint file."""
+    """(config, model) from a run folder's ``best.pt``/``last.pt``, a checkpoint file, or a name that
+    :func:`resolve_source` knows (``default``, ``zoo:NAME``)."""
     from lab.algorithms import build
     from lab.config import TrainConfig
 
-    path = Path(source)
+    path = resolve_source(source)
     if path.is_dir():
         path = path / f"{which}.pt"
         if not path.exists():
             path = path.with_name("last.pt")
     checkpoint = load_checkpoint(path, map_location=device)
-    config = TrainConfig.from_dict(checkpoint["config"])
-    model = build(config)
-    model.load_state_dict(checkpoint["model"])
+    try:
+        config = TrainConfig.from_dict(checkpoint["config"])
+        model = build(config)
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise ValueError(f"the checkpoint {path} does not hold a model the lab can build ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]})") from None
     return config, model.to(device).eval()
 
 
@@ -246,7 +280,7 @@ def list_runs(runs_dir: str | os.PathLike) -> list[dict]:
 def export_model(source: str | os.PathLike, out: str | os.PathLike, which: str = "best") -> dict:
     """Write a run's checkpoint without its optimiser and RNG state: the weights, the config, and where
     they came from. The file loads with :func:`load_model` like any checkpoint."""
-    path = Path(source)
+    path = resolve_source(source)
     if path.is_dir():
         path = path / f"{which}.pt"
         if not path.exists():

@@ -74,14 +74,32 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False) -> Iterator[dict]:
+def _warm_start(model, config: TrainConfig) -> int:
+    """Load ``config.init_from``'s weights into ``model``; returns the step count they were trained for."""
+    state = runs.load_checkpoint(runs.resolve_source(config.init_from))
+    source = state.get("config", {}).get("algorithm")
+    if source != config.algorithm:
+        raise ValueError(f"init_from {config.init_from} holds a {source} model, not {config.algorithm}")
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as err:
+        raise ValueError(f"init_from {config.init_from} does not fit this model ({str(err).splitlines()[0][:200]})") from None
+    return int(state.get("step") or 0)
+
+
+def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False,
+          time_limit_s: float | None = None) -> Iterator[dict]:
     """Meta-train ``config``, writing the run folder ``run_dir`` when one is given.
 
-    With ``resume`` the model, optimiser, task stream and metrics continue from ``last.pt``.
+    With ``resume`` the model, optimiser, task stream and metrics continue from ``last.pt``;
+    otherwise a config with ``init_from`` starts from that checkpoint's weights and step count
+    (a fresh optimiser, a task stream seeded by the seed and that step), and its first
+    meta-validation, before any step, makes the starting weights the best so far.
     The run ends when ``steps`` or ``minutes`` is reached, or when a stop is requested
-    (``runs.request_stop`` or SIGTERM), always with a checkpoint written. Under ``torchrun``
-    the tasks of each outer step are shared out across the processes (see ``lab.distributed``);
-    every process yields the records, only rank 0 validates and writes.
+    (``runs.request_stop``, SIGTERM, or ``time_limit_s`` seconds of this call), always with a
+    checkpoint written; a time limit leaves the learning-rate schedule as the steps define it.
+    Under ``torchrun`` the tasks of each outer step are shared out across the processes (see
+    ``lab.distributed``); every process yields the records, only rank 0 validates and writes.
     """
     world = current_world()
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -97,6 +115,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
     rng = np.random.default_rng(config.seed)
     step, best_val, elapsed_before = 0, -1.0, 0.0
 
+    warm = False
     if resume:
         state = runs.load_checkpoint(run_dir / "last.pt", map_location=device)
         model.load_state_dict(state["model"])
@@ -105,6 +124,9 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
         step, best_val, elapsed_before = state["step"], state["best_val"], state["elapsed_s"]
         if writer:
             runs.truncate_metrics(run_dir, step)
+    elif config.init_from:
+        step = _warm_start(model, config)
+        rng, warm = np.random.default_rng([config.seed, step]), True
     for group in optimizer.param_groups:  # the rate the schedule scales (kept in the optimiser's state)
         group.setdefault("initial_lr", group["lr"])
     if writer:
@@ -119,13 +141,19 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
 
     start = time.perf_counter()
     budget = config.minutes * 60 if config.minutes else math.inf
+    sitting_over = lambda: time_limit_s is not None and time.perf_counter() - start >= time_limit_s  # noqa: E731
+    if warm and world.is_main:
+        val = meta_test(model, val_pool, config.n_way, config.k_shot, config.n_query, config.val_episodes,
+                        seed=config.seed + 1, device=device)
+        best_val = val["accuracy"]
+        checkpoint("best.pt")
     window_loss, window_acc, window_tasks, window_start = 0.0, 0.0, 0, time.perf_counter()
     reason = "finished"
     try:
         with _StopSignal() as signals:
             while True:
                 elapsed = elapsed_before + time.perf_counter() - start
-                stop = signals.raised or (writer is not None and runs.stop_requested(run_dir))
+                stop = signals.raised or (writer is not None and runs.stop_requested(run_dir)) or sitting_over()
                 if from_main(step >= config.steps or elapsed >= budget or stop, world, device):
                     reason = "stopped" if from_main(stop, world, device) else "finished"
                     break
@@ -147,8 +175,8 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
                 window_loss += out.loss.item()
                 window_acc += out.accuracy.item()
                 window_tasks += config.meta_batch
-                last = from_main(step >= config.steps or elapsed_before + time.perf_counter() - start >= budget,
-                                 world, device)
+                last = from_main(step >= config.steps or elapsed_before + time.perf_counter() - start >= budget
+                                 or sitting_over(), world, device)
                 if step % config.log_every and step % config.val_every and not last:
                     continue
                 n = window_tasks / config.meta_batch

@@ -395,11 +395,13 @@ class GradientLearner(MetaLearner):
 
     # ----------------------------------------------------------------- adaptation to a new task
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Predictor:
-        """Run the inner loop (``test_inner_steps`` steps, first order) on the support set, even under no_grad."""
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int,
+              update: Update | None = None) -> Predictor:
+        """Run the inner loop (``test_inner_steps`` steps, first order, by ``update``: default the
+        algorithm's own rule) on the support set, even under no_grad."""
         with torch.enable_grad():
             params = self.adapt_params(self.task_params(n_way, detach=True), support_x, support_y,
-                                       self.test_steps, second_order=False)
+                                       self.test_steps, second_order=False, update=update)
         params = {k: v.detach() for k, v in params.items()}
 
         def predict(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,294 @@
+"""The model zoo: every algorithm trained by the lab itself to its published floor, and shipped.
+
+A *recipe* (``lab/recipes.json``, the one place they are declared) names a training config, the
+published figures of its paper and the floors the lab's model must reach. ``python -m lab zoo
+train NAME`` trains it as an ordinary run of the run store; a recipe whose model is shipped
+continues from it (``init_from: zoo:NAME``, its weights and step count), so a recipe too long for
+one sitting goes on in the next. ``ship`` writes the run's best checkpoint, weights only, to
+``assets/zoo/NAME.pt`` with a manifest ``NAME.json`` (recipe, steps, wall time, machine, sha256,
+measured accuracies). ``verify`` meta-tests every shipped model on the recipe's test protocol and
+says which rows are under their floor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lab import runs
+from lab.config import TrainConfig
+from lab.data import load_dataset
+from lab.device import describe_device, pick_device
+from lab.evaluation import episode_accuracies, meta_test, paired_comparison
+from lab.episodes import episode_stream
+
+RECIPES_FILE = Path(__file__).with_name("recipes.json")
+TASKS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
+FLOOR_KINDS = (*TASKS, "lake_error", "beats_sgd")
+MAX_MODEL_BYTES = 2 * 2**20
+MAX_ZOO_BYTES = 20 * 2**20
+# Fields a run may change without leaving its recipe: the budget, where it runs, what it starts from.
+FREE_FIELDS = ("steps", "minutes", "device", "init_from", "data_dir", "val_every", "val_episodes", "log_every")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    summary: str
+    paper: str
+    config: TrainConfig
+    published: dict
+    floors: dict
+    tasks: tuple[str, ...] = tuple(TASKS)  # the rows of the reproduction table
+
+    @property
+    def protocol(self) -> str:
+        """``lake`` for the background-trained models, ``accuracy`` (Vinyals test split) otherwise."""
+        return "lake" if "lake_error" in self.floors else "accuracy"
+
+
+def recipes() -> dict[str, Recipe]:
+    """Every recipe of ``recipes.json``, its config validated."""
+    out = {}
+    for name, entry in json.loads(RECIPES_FILE.read_text()).items():
+        runs.check_name(name)
+        unknown = set(entry.get("floors", {})) - set(FLOOR_KINDS)
+        if unknown:
+            raise ValueError(f"recipe {name}: unknown floor(s) {', '.join(sorted(unknown))}")
+        tasks = tuple(entry.get("tasks", TASKS))
+        if set(tasks) - set(TASKS):
+            raise ValueError(f"recipe {name}: unknown task(s) {', '.join(sorted(set(tasks) - set(TASKS)))}")
+        out[name] = Recipe(name, entry["summary"], entry.get("paper", ""), TrainConfig(**entry["config"]),
+                           entry.get("published", {}), entry.get("floors", {}), tasks)
+    return out
+
+
+def recipe(name: str) -> Recipe:
+    known = recipes()
+    if name not in known:
+        raise ValueError(f"the zoo has no recipe {name!r}; choose one of {', '.join(known)}")
+    return known[name]
+
+
+def model_path(name: str) -> Path:
+    return runs.zoo_dir() / f"{runs.check_name(name)}.pt"
+
+
+def manifest_path(name: str) -> Path:
+    return model_path(name).with_suffix(".json")
+
+
+def read_manifest(name: str) -> dict | None:
+    return runs.read_json(manifest_path(name)) if model_path(name).is_file() else None
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_model(name: str) -> dict:
+    """The manifest of a shipped model whose file is whole; a missing or damaged one raises ``ValueError``."""
+    path, manifest = model_path(name), read_manifest(name)
+    if manifest is None:
+        raise ValueError(f"zoo:{name} is not shipped yet (python -m lab zoo train {name})")
+    if sha256(path) != manifest.get("sha256"):
+        raise ValueError(f"zoo:{name} is damaged: {path.name} does not match the sha256 of its manifest")
+    runs.load_model(path)  # a file that matches but cannot be built is refused too
+    return manifest
+
+
+def machine() -> str:
+    """This machine in words: the processor, its cores, and the GPU when there is one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = describe_device(pick_device("auto"))
+    extra = f", {gpu['name']}" if gpu["kind"] != "cpu" else ""
+    return f"{cpu}, {os.cpu_count()} cores{extra}"
+
+
+# --------------------------------------------------------------------------- training
+
+
+def recipe_config(name: str, device: str = "auto", steps: int | None = None) -> TrainConfig:
+    """The recipe's config, starting from the shipped model when there is one."""
+    rec = recipe(name)
+    return rec.config.replace(device=device, steps=steps or rec.config.steps,
+                              init_from=f"{runs.ZOO_PREFIX}{name}" if read_manifest(name) else None)
+
+
+def train(name: str, minutes: float | None = None, runs_dir=None, device: str = "auto",
+          steps: int | None = None) -> Iterator[dict]:
+    """Train recipe ``name`` as a new run (from the shipped model if any), for at most ``minutes`` of
+    this sitting, then ship its best checkpoint. Yields the training's records, then the manifest."""
+    from lab.training import check_config
+    from lab.training import train as train_run
+
+    config = recipe_config(name, device, steps)
+    check_config(config)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = runs.create_run(runs_dir or runs.default_runs_dir(), config, f"zoo-{name}-{stamp}")
+    yield {"run_dir": str(run_dir), "from_step": _start_step(config)}
+    yield from train_run(config, run_dir, time_limit_s=60 * minutes if minutes else None)
+    yield {"manifest": ship(name, run_dir)}
+
+
+def _start_step(config: TrainConfig) -> int:
+    if not config.init_from:
+        return 0
+    return int(runs.load_checkpoint(runs.resolve_source(config.init_from)).get("step") or 0)
+
+
+def _check_fits(rec: Recipe, config: TrainConfig) -> None:
+    mine, theirs = rec.config.to_dict(), config.to_dict()
+    differ = [k for k in mine if k not in FREE_FIELDS and mine[k] != theirs.get(k)]
+    if differ:
+        raise ValueError(f"that run is not recipe {rec.name}'s: it differs in {', '.join(differ)}")
+
+
+def ship(name: str, run_dir) -> dict:
+    """Write the best checkpoint of ``run_dir`` (a run of recipe ``name``) into the zoo, with its manifest."""
+    rec, run_dir = recipe(name), Path(run_dir)
+    config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {})
+    _check_fits(rec, config)
+    previous = read_manifest(name) or {}
+    sittings = [s for s in previous.get("sittings", []) if s.get("run") != run_dir.name]
+    earlier = next((s for s in previous.get("sittings", []) if s.get("run") == run_dir.name), None)
+    from_step = earlier["from_step"] if earlier else (previous.get("step", 0) if config.init_from else 0)
+    status = runs.read_status(run_dir)
+    out = model_path(name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.new")
+    exported = runs.export_model(run_dir, tmp)
+    others = sum(p.stat().st_size for p in out.parent.glob("*.pt") if p != out)
+    if exported["bytes"] > MAX_MODEL_BYTES or others + exported["bytes"] > MAX_ZOO_BYTES:
+        tmp.unlink()
+        raise ValueError(f"zoo:{name} would take {exported['bytes']:,} bytes: the caps are {MAX_MODEL_BYTES:,} a "
+                         f"model and {MAX_ZOO_BYTES:,} in all ({others:,} taken)")
+    os.replace(tmp, out)
+    sittings.append({"run": run_dir.name, "from_step": from_step, "to_step": status.get("step"),
+                     "wall_s": round(status.get("elapsed_s") or 0.0, 1), "machine": machine(),
+                     "device": status.get("device"), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")})
+    manifest = {
+        "name": name, "recipe": rec.summary, "paper": rec.paper, "config": exported["config"],
+        "step": exported["step"], "trained_steps": status.get("step"), "recipe_steps": rec.config.steps,
+        "val_accuracy": exported["best_val"], "wall_time_s": round(sum(s["wall_s"] for s in sittings), 1),
+        "sittings": sittings, "bytes": out.stat().st_size, "sha256": sha256(out),
+        "measured": previous.get("measured", {}) if previous.get("step") == exported["step"] else {},
+    }
+    runs.write_json(manifest_path(name), manifest)
+    return manifest
+
+
+def status() -> list[dict]:
+    """One row per recipe: what is shipped, how far it trained, and what was last measured."""
+    rows = []
+    for name, rec in recipes().items():
+        m = read_manifest(name) or {}
+        rows.append({"name": name, "algorithm": rec.config.algorithm, "shipped": bool(m), "step": m.get("step"),
+                     "recipe_steps": rec.config.steps, "val_accuracy": m.get("val_accuracy"),
+                     "wall_time_s": m.get("wall_time_s"), "measured": m.get("measured", {}), "floors": rec.floors})
+    return rows
+
+
+# --------------------------------------------------------------------------- verification
+
+
+class _WithSGD:
+    """The same model adapting by plain SGD at its ``inner_lr`` for the same number of steps."""
+
+    def __init__(self, model):
+        from lab.algorithms.inner import sgd
+
+        self.model, self.update = model, sgd(model.hparams.inner_lr)
+
+    def eval(self):
+        self.model.eval()
+
+    def adapt(self, support_x, support_y, n_way):
+        return self.model.adapt(support_x, support_y, n_way, update=self.update)
+
+
+def _row(name: str, task: str, value: float, ci95: float, floor, published, higher_is_better: bool = True,
+         **extra) -> dict:
+    passed = None if floor is None else (value >= floor if higher_is_better else value <= floor)
+    return {"model": name, "task": task, "value": value, "ci95": ci95, "floor": floor, "published": published,
+            "passed": passed, **extra}
+
+
+def verify_model(name: str, episodes: int = 1000, device: str = "auto", lake_runs: int = 20) -> tuple[list[dict], dict]:
+    """The reproduction rows of one shipped model (values in percent; ``passed`` is None where there is
+    no floor), and its manifest with the measurements filled in."""
+    from lab.lake import lake_error
+
+    rec, manifest = recipe(name), check_model(name)
+    torch_device = pick_device(device)
+    config, model = runs.load_model(model_path(name), device=torch_device)
+    pool = load_dataset(config.dataset, None, config.split_scheme).pool("test")
+    rows = []
+    if rec.protocol == "lake":
+        result = lake_error(model, runs=lake_runs, device=torch_device)
+        rows.append(_row(name, "lake_error", 100 * result["error"], 100 * result["ci95"], rec.floors["lake_error"],
+                         rec.published.get("lake_error"), higher_is_better=False, episodes=lake_runs))
+    for task in rec.tasks:
+        n_way, k_shot = TASKS[task]
+        result = meta_test(model, pool, n_way, k_shot, 15, episodes, seed=0, device=torch_device)
+        rows.append(_row(name, task, 100 * result["accuracy"], 100 * result["ci95"], rec.floors.get(task),
+                         rec.published.get(task), episodes=episodes))
+    if rec.floors.get("beats_sgd"):
+        stream = episode_stream(pool, 5, 1, 15, episodes, 0)
+        pair = paired_comparison(episode_accuracies(model, stream, torch_device),
+                                 episode_accuracies(_WithSGD(model), stream, torch_device))
+        low = 100 * (pair["difference"] - pair["difference_ci95"])
+        rows.append(_row(name, "5w1s minus SGD", 100 * pair["difference"], 100 * pair["difference_ci95"], 0.0,
+                         None, episodes=episodes, lower_bound=low) | {"passed": low > 0})
+    manifest["measured"] = {r["task"]: {k: r[k] for k in ("value", "ci95", "episodes")} for r in rows}
+    manifest["measured_on"] = machine()
+    manifest["measured_at"] = time.strftime("%Y-%m-%d")
+    return rows, manifest
+
+
+def verify(names=None, episodes: int = 1000, device: str = "auto", record: bool = False,
+           lake_runs: int = 20) -> list[dict]:
+    """Rows for every recipe (or ``names``); a recipe with no shipped model gives one failing row."""
+    rows = []
+    for name in names or list(recipes()):
+        recipe(name)
+        if read_manifest(name) is None:
+            rows.append({"model": name, "task": "shipped", "value": None, "ci95": None, "floor": None,
+                         "published": None, "passed": False, "error": f"zoo:{name} is not shipped yet"})
+            continue
+        model_rows, manifest = verify_model(name, episodes, device, lake_runs)
+        rows.extend(model_rows)
+        if record:
+            runs.write_json(manifest_path(name), manifest)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The reproduction table of the README from verify's rows."""
+    lines = ["| model | task | published | the lab (± 95% CI) | floor | steps | wall time | machine |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        m = read_manifest(r["model"]) or {}
+        value = "not shipped" if r["value"] is None else f"{r['value']:.2f} ± {r['ci95']:.2f}"
+        mark = "" if r["passed"] is None else (" ✓" if r["passed"] else " ✗")
+        floor = "–" if r["floor"] is None else (f"≤ {r['floor']}" if r["task"] == "lake_error" else f"≥ {r['floor']}")
+        published = "–" if r.get("published") is None else f"{r['published']}"
+        hours = f"{m['wall_time_s'] / 3600:.2f} h" if m.get("wall_time_s") else "–"
+        where = (m.get("sittings") or [{}])[-1].get("machine", "–")
+        lines.append(f"| {r['model']} | {r['task']} | {published} | {value}{mark} | {floor} | "
+                     f"{m.get('step', '–')} | {hours} | {where} |")
+    return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""The model zoo: recipes as data, training that continues from the shipped model, zoo: names, verification."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lab import runs, zoo
+from lab.algorithms import REGISTRY
+from lab.cli import main
+from lab.training import train
+
+TINY = {
+    "summary": "a few steps on the bundled digits", "paper": "test",
+    "config": {"algorithm": "protonet", "dataset": "digits", "n_way": 5, "k_shot": 1, "n_query": 5,
+               "meta_batch": 2, "meta_lr": 0.001, "lr_schedule": "cosine", "steps": 6, "val_every": 3,
+               "val_episodes": 10, "log_every": 1},
+    "published": {"5w1s": 99.0}, "floors": {"5w1s": 101.0}, "tasks": ["5w1s", "5w5s"],
+}
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch):
+    """A zoo folder of its own with one tiny recipe, and a runs folder."""
+    recipes = tmp_path / "recipes.json"
+    recipes.write_text(json.dumps({"tiny": TINY}))
+    monkeypatch.setattr(zoo, "RECIPES_FILE", recipes)
+    monkeypatch.setenv("LAB_ZOO_DIR", str(tmp_path / "zoo"))
+    return tmp_path
+
+
+def test_every_algorithm_of_the_registry_has_a_recipe_and_every_recipe_validates():
+    recipes = zoo.recipes()
+    algorithms = {r.config.algorithm for r in recipes.values()}
+    assert set(REGISTRY) - {"clustered"} <= algorithms
+    for rec in recipes.values():
+        assert rec.floors, f"{rec.name} declares no floor"
+        assert rec.config.lr_schedule in ("constant", "cosine") and rec.config.steps > 0
+    assert recipes["protonet-background"].protocol == "lake"
+    assert recipes["protonet-background"].config.split_scheme == "background"
+    assert recipes["protonet-small1"].config.split_scheme == "small1"
+
+
+def test_a_recipe_trains_ships_and_the_next_sitting_continues_from_the_shipped_model(tiny_zoo):
+    records = list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=4))
+    first = zoo.read_manifest("tiny")
+    assert records[-1]["manifest"] == first and first["trained_steps"] == 4
+    assert first["sittings"][0]["from_step"] == 0 and first["sha256"] == zoo.sha256(zoo.model_path("tiny"))
+    shipped_weights = torch.load(zoo.model_path("tiny"), weights_only=True)["model"]
+
+    records = list(zoo.train("tiny", runs_dir=tiny_zoo / "runs"))
+    run_dir = Path(records[0]["run_dir"])
+    assert records[0]["from_step"] == first["step"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["init_from"] == "zoo:tiny"
+    steps = [r["step"] for r in records if "step" in r]
+    assert steps[0] == first["step"] + 1 and steps[-1] == 6  # the step count goes on to the recipe's total
+    second = zoo.read_manifest("tiny")
+    assert [s["from_step"] for s in second["sittings"]] == [0, first["step"]]
+    assert second["wall_time_s"] == pytest.approx(sum(s["wall_s"] for s in second["sittings"]))
+    # The second run started from the shipped weights: its step-0 validation scored them.
+    _, model = runs.load_model(run_dir / "best.pt")
+    if second["step"] == first["step"]:
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in shipped_weights.items())
+
+
+def test_a_sitting_that_runs_out_of_time_stops_resumably_and_keeps_the_schedule_of_the_steps(tiny_zoo):
+    config = zoo.recipe_config("tiny").replace(steps=10_000, val_every=5, log_every=1)
+    run_dir = runs.create_run(tiny_zoo / "runs", config, "limited")
+    records = list(train(config, run_dir, time_limit_s=1.0))
+    status = runs.read_status(run_dir)
+    assert status["state"] == "stopped" and (run_dir / "last.pt").exists()
+    last = records[-1]
+    assert "val_accuracy" in last  # the sitting ends validated, so best.pt holds its latest weights
+    factor = 0.5 * (1 + math.cos(math.pi * (last["step"] - 1) / config.steps))
+    assert last["meta_lr"] == pytest.approx(config.meta_lr * factor, rel=1e-6)
+    more = list(train(config, run_dir, resume=True, time_limit_s=0.5))  # resumes like any stopped run
+    assert more[0]["step"] > last["step"] and runs.read_status(run_dir)["state"] == "stopped"
+
+
+def cli_json(capsys, *args) -> dict:
+    assert main(list(args)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_zoo_names_resolve_wherever_a_run_is_taken(tiny_zoo, capsys):
+    list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=3))
+    result = cli_json(capsys, "eval", "zoo:tiny", "--episodes", "20", "--json")
+    assert result["run"] == "zoo:tiny" and result["n_way"] == 5
+    assert cli_json(capsys, "compare", "zoo:tiny", "zoo:tiny", "--episodes", "20", "--json")["difference"] == 0
+    image = tiny_zoo / "digit.png"
+    Image.fromarray(np.pad(np.full((8, 3), 255, np.uint8), 10)).save(image)
+    out = cli_json(capsys, "predict", "--run", "zoo:tiny", "--image", str(image), "--support", "digits", "--json")
+    assert out["model"] == "zoo:tiny" and len(out["probabilities"]) == 10
+    assert cli_json(capsys, "export", "zoo:tiny", "--out", str(tiny_zoo / "copy.pt"), "--json")["bytes"] > 0
+    out = cli_json(capsys, "cluster", "zoo:tiny", "--source", "mixed", "--tasks", "30", "--k", "3", "--json")
+    assert out["run"] == "zoo:tiny" and out["k"] == 3
+    _, model = runs.load_model("zoo:tiny")
+    assert model.name == "protonet"
+
+
+def test_a_damaged_zoo_model_is_refused_with_a_clear_message(tiny_zoo, capsys):
+    list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=3))
+    path = zoo.model_path("tiny")
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match="zoo:tiny is damaged"):
+        zoo.check_model("tiny")
+    assert main(["eval", "zoo:tiny", "--episodes", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="has no model 'absent'"):
+        runs.load_model("zoo:absent")
+
+
+def test_verify_fails_a_row_under_its_floor_and_a_recipe_that_is_not_shipped(tiny_zoo):
+    rows = zoo.verify(["tiny"], episodes=10)
+    assert rows == [dict(rows[0], passed=False, task="shipped")]
+    list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=3))
+    rows = zoo.verify(["tiny"], episodes=10, record=True)
+    by_task = {r["task"]: r for r in rows}
+    assert by_task["5w1s"]["passed"] is False  # a floor of 101% cannot be met
+    assert by_task["5w5s"]["passed"] is None  # no floor: reported, not judged
+    assert zoo.read_manifest("tiny")["measured"]["5w1s"]["episodes"] == 10
+    assert "| tiny | 5w1s | 99.0 |" in zoo.markdown_table(rows)
+
+
+def test_shipping_a_run_of_another_recipe_is_refused(tiny_zoo):
+    config = zoo.recipe("tiny").config.replace(meta_lr=0.01)
+    run_dir = runs.create_run(tiny_zoo / "runs", config, "other")
+    list(train(config.replace(steps=2), run_dir))
+    with pytest.raises(ValueError, match="differs in meta_lr"):
+        zoo.ship("tiny", run_dir)
