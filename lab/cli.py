@@ -440,6 +440,64 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- sweep
+
+
+def cmd_sweep(args) -> int:
+    """``sweep create|run|work|status|best|stop``: hyper-parameter sweeps (lab.sweeps)."""
+    from lab import sweep_workers, sweeps
+
+    where = {"runs_dir": args.runs_dir, "storage": args.storage}
+    if args.sweep_command == "create":
+        try:
+            fixed, tries = json.loads(args.fixed or "{}"), [json.loads(t) for t in args.try_first or []]
+        except ValueError as err:
+            raise ValueError(f"--fixed and --try take JSON objects ({err})") from None
+        if args.data_dir:
+            fixed.setdefault("data_dir", args.data_dir)
+        sweeps.create(args.name, args.algorithm, args.param or [], dataset=args.dataset, fixed=fixed,
+                      n_trials=args.trials, minutes_per_trial=args.minutes_per_trial,
+                      steps_per_trial=args.steps_per_trial, pruner=args.pruner, heartbeat_s=args.heartbeat,
+                      try_first=tries, **where)
+        print(sweeps.describe(sweeps.status(args.name, **where)))
+    elif args.sweep_command == "run":
+        pids = sweep_workers.launch(args.name, args.workers, **where)
+        folder = sweeps.sweep_folder(args.runs_dir, args.name)
+        print(f"started {len(pids)} worker(s) of {args.name}: processes {', '.join(map(str, pids))}; logs in {folder}")
+    elif args.sweep_command == "work":
+        ran = sweep_workers.work(args.name, verbose=True, **where)
+        print(f"this worker ran {ran} trial(s) of {args.name}", file=sys.stderr)
+    elif args.sweep_command == "stop":
+        print(f"asked {sweep_workers.stop_workers(args.name, args.runs_dir)} worker(s) of {args.name} to stop")
+    elif args.sweep_command == "status":
+        if not args.name:
+            names = sweeps.list_sweeps(**where)
+            _print_json(names) if args.json else print("\n".join(names) or "no sweeps yet")
+            return 0
+        state = sweeps.status(args.name, **where)
+        _print_json(state) if args.json else print(sweeps.describe(state))
+    else:
+        chosen = sweeps.best(args.name, **where)
+        if args.test:
+            chosen["test"] = sweeps.test_best(args.name, args.episodes, **where)
+        if args.train:
+            chosen["longer_run"] = str(sweeps.train_best(args.name, args.train, **where))
+        if args.json:
+            _print_json(chosen)
+            return 0
+        print(f"trial {chosen['trial']}: {chosen['value']:.1%} on the validation split (run {chosen['run']})",
+              file=sys.stderr)
+        if "test" in chosen:
+            t = chosen["test"]
+            print(f"test split: {t['accuracy']:.2%} ± {t['ci95']:.2%} (95% CI, {t['episodes']} episodes) for trial "
+                  f"{t['trial']}" + (" (measured before: a sweep is tested once)" if t["already"] else ""),
+                  file=sys.stderr)
+        _print_json(chosen["config"])
+        if "longer_run" in chosen:
+            print(chosen["longer_run"])
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -593,6 +651,42 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, help="algorithms: CPU threads for both (default: PyTorch's, one per core)")
     q.add_argument("--steps", type=int, help="distributed: outer steps per measured training")
     q.set_defaults(func=cmd_bench)
+
+    q = sub.add_parser("sweep", help="hyper-parameter sweeps with Optuna: each trial is a run")
+    steps = q.add_subparsers(dest="sweep_command", required=True)
+    parts = {c: steps.add_parser(c, help=h) for c, h in [
+        ("create", "define a sweep: its search space, fixed settings, trials and budget"),
+        ("run", "start background workers that run the sweep's trials"),
+        ("work", "one worker, in the foreground (what 'run' starts)"),
+        ("status", "trials, counts, the best trial and the workers (no NAME: list the sweeps)"),
+        ("best", "the best trial's config as JSON; --train or --test it"),
+        ("stop", "ask the sweep's workers to stop; their trials are re-queued")]}
+    for c, s in parts.items():
+        s.add_argument("name", nargs="?" if c == "status" else None, help="the sweep's name")
+        s.add_argument("--runs-dir", help="folder of runs (default: $LAB_RUNS_DIR or ./runs)")
+        s.add_argument("--storage", help="an SQLAlchemy URL of the study database "
+                       "(default: $LAB_SWEEP_STORAGE or sqlite:///RUNS_DIR/sweeps.db)")
+        s.set_defaults(func=cmd_sweep)
+    s = parts["create"]
+    s.add_argument("--data-dir", help="data root (default: $LAB_DATA_DIR or ~/.local/share/meta-lab/data)")
+    s.add_argument("--algorithm", default="protonet", choices=sorted(REGISTRY))
+    s.add_argument("--dataset", default="digits", choices=DATASETS)
+    s.add_argument("--param", action="append", metavar="NAME[=LOW:HIGH[:log|:linear] | =A,B,C]",
+                   help="a hyper-parameter or setting to search (repeat); NAME alone: around its default")
+    s.add_argument("--fixed", help='run settings and hyper-parameters that stay fixed, as JSON, e.g. \'{"n_way": 5}\'')
+    s.add_argument("--trials", type=int, default=12)
+    s.add_argument("--minutes-per-trial", type=float)
+    s.add_argument("--steps-per-trial", type=int)
+    s.add_argument("--pruner", default="median", choices=("median", "halving", "none"))
+    s.add_argument("--try", dest="try_first", action="append", metavar="JSON",
+                   help='a point to try first, e.g. \'{"inner_lr": 0.1}\' (repeat)')
+    s.add_argument("--heartbeat", type=int, default=10, help="seconds between a trial's heartbeats")
+    parts["run"].add_argument("--workers", type=int, default=1)
+    for c in ("status", "best"):
+        parts[c].add_argument("--json", action="store_true")
+    parts["best"].add_argument("--train", type=float, metavar="MINUTES", help="start a run of the best for MINUTES")
+    parts["best"].add_argument("--test", action="store_true", help="meta-test the best on the test split, once")
+    parts["best"].add_argument("--episodes", type=int, default=1000, help="test episodes")
     return p
 
 
