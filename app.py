@@ -8,6 +8,7 @@ pages = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
     st.Page("pages/meta_train.py", title="Meta-Train", icon=":material/rocket_launch:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
+    st.Page("pages/sweeps.py", title="Sweeps", icon=":material/tune:"),
     st.Page("pages/clusters.py", title="Task Clusters", icon=":material/bubble_chart:"),
     st.Page("pages/draw.py", title="Draw & Predict", icon="✏️"),
 ]
