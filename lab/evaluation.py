@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 
 from lab.episodes import Episode, check_request, episode_stream
+
+Progress = Callable[[int, int], None]  # progress(done, total): called as a long computation advances
 
 
 def mean_ci95(values: Iterable[float]) -> tuple[float, float]:
@@ -20,8 +22,9 @@ def mean_ci95(values: Iterable[float]) -> tuple[float, float]:
     return float(a.mean()), float(half)
 
 
-def episode_accuracies(model, episodes: list[Episode], device: torch.device | str = "cpu") -> np.ndarray:
-    """Query accuracy of ``model.adapt`` on each episode, in order."""
+def episode_accuracies(model, episodes: list[Episode], device: torch.device | str = "cpu",
+                       progress: Progress | None = None) -> np.ndarray:
+    """Query accuracy of ``model.adapt`` on each episode, in order; ``progress(done, total)`` after each."""
     model.eval()
     out = np.empty(len(episodes))
     for i, ep in enumerate(episodes):
@@ -29,18 +32,25 @@ def episode_accuracies(model, episodes: list[Episode], device: torch.device | st
         predict = model.adapt(ep.support_x, ep.support_y, ep.n_way)
         with torch.no_grad():
             out[i] = (predict(ep.query_x).argmax(-1) == ep.query_y).float().mean().item()
+        if progress is not None:
+            progress(i + 1, len(episodes))
     return out
 
 
+def _shifted(progress: Progress | None, before: int, total: int) -> Progress | None:
+    """``progress`` for one part of a longer job: ``before`` items already done of ``total`` in all."""
+    return None if progress is None else lambda done, _: progress(before + done, total)
+
+
 def meta_test(model, pool, n_way: int, k_shot: int, n_query: int = 15, episodes: int = 1000, seed: int = 0,
-              device: torch.device | str = "cpu") -> dict:
+              device: torch.device | str = "cpu", progress: Progress | None = None) -> dict:
     """Accuracy ± 95% CI over ``episodes`` episodes drawn from ``pool`` with ``seed``.
 
     The same (pool, shape, seed) gives the same episodes, so two models can be compared
-    pairwise on identical tasks.
+    pairwise on identical tasks. ``progress(done, total)`` is called after each episode.
     """
     check_request(pool, n_way, k_shot, n_query)
-    accs = episode_accuracies(model, episode_stream(pool, n_way, k_shot, n_query, episodes, seed), device)
+    accs = episode_accuracies(model, episode_stream(pool, n_way, k_shot, n_query, episodes, seed), device, progress)
     accuracy, ci95 = mean_ci95(accs)
     return {
         "accuracy": accuracy,
@@ -68,11 +78,13 @@ def paired_comparison(accs_a: np.ndarray, accs_b: np.ndarray) -> dict:
 
 
 def compare_models(model_a, model_b, pool, n_way: int, k_shot: int, n_query: int = 15, episodes: int = 1000,
-                   seed: int = 0, device: torch.device | str = "cpu") -> dict:
-    """Both models on the same ``episodes`` episodes from ``pool``, compared pairwise."""
+                   seed: int = 0, device: torch.device | str = "cpu", progress: Progress | None = None) -> dict:
+    """Both models on the same ``episodes`` episodes from ``pool``, compared pairwise;
+    ``progress(done, 2 * episodes)`` after each episode of either model."""
     check_request(pool, n_way, k_shot, n_query)
     stream = episode_stream(pool, n_way, k_shot, n_query, episodes, seed)
-    out = paired_comparison(episode_accuracies(model_a, stream, device), episode_accuracies(model_b, stream, device))
+    out = paired_comparison(episode_accuracies(model_a, stream, device, _shifted(progress, 0, 2 * episodes)),
+                            episode_accuracies(model_b, stream, device, _shifted(progress, episodes, 2 * episodes)))
     out.update(n_way=n_way, k_shot=k_shot, n_query=n_query, seed=seed)
     return out
 
@@ -94,13 +106,14 @@ def _test_pool(config, dataset: str | None, data_dir: str | None, split: str | N
 def evaluate_run(run, *, dataset: str | None = None, data_dir: str | None = None, split: str | None = None,
                  n_way: int | None = None, k_shot: int | None = None, n_query: int = 15, episodes: int = 1000,
                  seed: int = 0, device: str = "auto", record: bool = True, source: str | None = None,
-                 folder: str | None = None) -> dict:
+                 folder: str | None = None, progress: Progress | None = None) -> dict:
     """Meta-test a run folder (or checkpoint file) on never-seen classes: accuracy ± 95% CI.
 
     Defaults: the run's own dataset, test split, N-way and K-shot. ``source`` draws the test
     tasks from a task source of :mod:`lab.clustering` instead (``folder`` joins the mixed one)
     and adds the accuracy per true group; a ``clustered`` run uses its own source unless a
     dataset is asked for. A run folder records the result in its ``evaluations.jsonl``.
+    ``progress(done, episodes)`` is called after each episode.
     """
     from pathlib import Path
 
@@ -114,10 +127,10 @@ def evaluate_run(run, *, dataset: str | None = None, data_dir: str | None = None
     n_way, k_shot = n_way or config.n_way, k_shot or config.k_shot
     if source:
         result = _meta_test_on_source(model, source, split or "test", data_dir, folder, n_way, k_shot, n_query,
-                                      episodes, seed, torch_device)
+                                      episodes, seed, torch_device, progress)
     else:
         name, split, pool = _test_pool(config, dataset, data_dir, split)
-        result = meta_test(model, pool, n_way, k_shot, n_query, episodes, seed, torch_device)
+        result = meta_test(model, pool, n_way, k_shot, n_query, episodes, seed, torch_device, progress)
         result.pop("per_episode")
         result.update(split=split, dataset=name)
     result["run"] = str(run)
@@ -127,12 +140,12 @@ def evaluate_run(run, *, dataset: str | None = None, data_dir: str | None = None
 
 
 def _meta_test_on_source(model, source: str, split: str, data_dir, folder, n_way: int, k_shot: int, n_query: int,
-                         episodes: int, seed: int, device) -> dict:
+                         episodes: int, seed: int, device, progress: Progress | None = None) -> dict:
     """:func:`meta_test` on the tasks of a task source, with the accuracy of each true group."""
     from lab.clustering import load_source
 
     tasks = load_source(source, split, data_dir, folder).sample(episodes, n_way, k_shot, n_query, seed)
-    accs = episode_accuracies(model, tasks.episodes, device)
+    accs = episode_accuracies(model, tasks.episodes, device, progress)
     accuracy, ci95 = mean_ci95(accs)
     groups = np.array(tasks.groups)
     by_group = {}
@@ -145,11 +158,12 @@ def _meta_test_on_source(model, source: str, split: str, data_dir, folder, n_way
 
 
 def compare_runs(run_dirs: list, *, n_query: int = 15, episodes: int = 600, seed: int = 0,
-                 device: str = "auto") -> dict:
+                 device: str = "auto", progress: Progress | None = None) -> dict:
     """Two or more runs on the same test episodes (the first run's dataset, split, N-way, K-shot).
 
     Returns each run's accuracy ± 95% CI and, for every other run, its paired difference to the
-    first with the interval of that difference.
+    first with the interval of that difference. ``progress(done, episodes * len(run_dirs))`` is
+    called after each episode of each run.
     """
     from pathlib import Path
 
@@ -164,7 +178,9 @@ def compare_runs(run_dirs: list, *, n_query: int = 15, episodes: int = 600, seed
     name, split, pool = _test_pool(reference, None, None, None)
     check_request(pool, reference.n_way, reference.k_shot, n_query)
     stream = episode_stream(pool, reference.n_way, reference.k_shot, n_query, episodes, seed)
-    accs = [episode_accuracies(model, stream, torch_device) for _, model in loaded]
+    total = episodes * len(loaded)
+    accs = [episode_accuracies(model, stream, torch_device, _shifted(progress, i * episodes, total))
+            for i, (_, model) in enumerate(loaded)]
     names = [Path(r).name for r in run_dirs]
     per_run = [{"run": n, "accuracy": mean_ci95(a)[0], "ci95": mean_ci95(a)[1]} for n, a in zip(names, accs)]
     pairs = [{"run_a": names[i], "run_b": names[0], **paired_comparison(accs[i], accs[0])} for i in range(1, len(accs))]

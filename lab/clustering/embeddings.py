@@ -84,12 +84,12 @@ EMBEDDING_FUNCTIONS = {"representation": representation_embedding, "gradient": g
 
 
 def embed_support(model, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int, embedding: str,
-                  chunk: int | None = None) -> torch.Tensor:
+                  chunk: int | None = None, progress=None) -> torch.Tensor:
     """Embed a batch of support sets ``(T, n, 1, H, W)`` by the embedding named ``embedding`` -> ``(T, D)``.
 
     ``chunk`` tasks go through the encoder at a time: by default 250 on an accelerator, and on a
     CPU as many as make :data:`~lab.algorithms.inner.CPU_CHUNK` images (measured twice as fast
-    as 250 tasks there).
+    as 250 tasks there). ``progress(done, T)`` is called with the tasks embedded after each chunk.
     """
     from lab.algorithms.inner import CPU_CHUNK
 
@@ -99,13 +99,16 @@ def embed_support(model, support_x: torch.Tensor, support_y: torch.Tensor, n_way
     device = next(model.parameters()).device
     if chunk is None:
         chunk = max(1, CPU_CHUNK // max(1, support_x.shape[1])) if device.type == "cpu" else 250
-    parts = [fn(model, support_x[i : i + chunk].to(device), support_y[i : i + chunk].to(device), n_way).cpu()
-             for i in range(0, len(support_x), chunk)]
+    parts = []
+    for i in range(0, len(support_x), chunk):
+        parts.append(fn(model, support_x[i : i + chunk].to(device), support_y[i : i + chunk].to(device), n_way).cpu())
+        if progress is not None:
+            progress(min(i + chunk, len(support_x)), len(support_x))
     return torch.cat(parts).detach()
 
 
-def embed_tasks(model, tasks: TaskSet, embedding: str = "representation") -> np.ndarray:
-    """The embedding of every task of ``tasks``: ``(n_tasks, D)`` float32."""
+def embed_tasks(model, tasks: TaskSet, embedding: str = "representation", progress=None) -> np.ndarray:
+    """The embedding of every task of ``tasks``: ``(n_tasks, D)`` float32; ``progress(done, n_tasks)`` as it goes."""
     model.eval()
     batch = tasks.batch()
-    return embed_support(model, batch.support_x, batch.support_y, batch.n_way, embedding).numpy()
+    return embed_support(model, batch.support_x, batch.support_y, batch.n_way, embedding, progress=progress).numpy()

@@ -55,9 +55,16 @@ def kmeans(features: np.ndarray, k: int, seed: int = 0) -> dict:
             "inertia": float(fit.inertia_), "silhouette": silhouette}
 
 
-def scan_k(features: np.ndarray, ks, seed: int = 0) -> list[dict]:
-    """Inertia and silhouette for each K of ``ks``: the elbow and silhouette curves."""
-    return [{key: r[key] for key in ("k", "inertia", "silhouette")} for r in (kmeans(features, k, seed) for k in ks)]
+def scan_k(features: np.ndarray, ks, seed: int = 0, progress=None) -> list[dict]:
+    """Inertia and silhouette for each K of ``ks``: the elbow and silhouette curves.
+    ``progress(done, len(ks))`` is called after each K."""
+    ks, out = list(ks), []
+    for k in ks:
+        fit = kmeans(features, k, seed)
+        out.append({key: fit[key] for key in ("k", "inertia", "silhouette")})
+        if progress is not None:
+            progress(len(out), len(ks))
+    return out
 
 
 def elbow_k(scan: list[dict]) -> int:
