@@ -15,6 +15,7 @@ from lab.clustering import (
 )
 from lab.data import DatasetUnavailable
 from lab.evaluation import episode_accuracies, paired_comparison
+from ui.formats import duration, percent, percent_column, progress_bar
 
 UNTRAINED = "untrained encoder (random weights)"
 N_WAY, K_SHOT, N_QUERY, SEED = 5, 1, 5, 0
@@ -25,21 +26,26 @@ def model_of(path: str, stamp: float):
     return untrained_model() if path == UNTRAINED else runs.load_model(path)[1]
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner="Loading the images of the task source…")
 def tasks_of(source: str, n_tasks: int, folder: str | None = None):
     task_source = load_source(source, "test", folder=folder)
     return task_source, task_source.sample(n_tasks, N_WAY, K_SHOT, N_QUERY, SEED)
 
 
-@st.cache_data(show_spinner="Embedding the tasks…", max_entries=16)
+# The progress bars are drawn inside the cached functions: Streamlit replays what a cached function drew,
+# and a bar that it both draws and removes replays as nothing.
+@st.cache_data(show_spinner=False, max_entries=16)
 def embedded(path: str, stamp: float, source: str, n_tasks: int, embedding: str, folder: str | None = None):
-    raw = embed_tasks(model_of(path, stamp), tasks_of(source, n_tasks, folder)[1], embedding)
+    tasks = tasks_of(source, n_tasks, folder)[1]
+    with progress_bar(f"Embedding the tasks ({embedding})", "tasks") as progress:
+        raw = embed_tasks(model_of(path, stamp), tasks, embedding, progress=progress)
     return fit_feature_map(raw, embedding, SEED)(raw)
 
 
-@st.cache_data(show_spinner="K-means for every K…", max_entries=16)
+@st.cache_data(show_spinner=False, max_entries=16)
 def curves(features: np.ndarray, max_k: int) -> list[dict]:
-    return scan_k(features, range(1, max_k + 1), SEED)
+    with progress_bar(f"K-means for K = 1 to {max_k}", "values of K") as progress:
+        return scan_k(features, range(1, max_k + 1), SEED, progress=progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -52,9 +58,11 @@ def projected(features: np.ndarray, method: str, dims: int) -> np.ndarray:
     return project(features, method, dims, SEED)
 
 
-@st.cache_data(show_spinner="Measuring the global model and the experts on these tasks…", max_entries=8)
+@st.cache_data(show_spinner=False, max_entries=8)
 def accuracies(path: str, stamp: float, source: str, n_tasks: int, folder: str | None = None) -> np.ndarray:
-    return episode_accuracies(model_of(path, stamp), tasks_of(source, n_tasks, folder)[1].episodes)
+    with progress_bar(f"Measuring {Path(path).name} on these tasks", "tasks") as progress:
+        return episode_accuracies(model_of(path, stamp), tasks_of(source, n_tasks, folder)[1].episodes,
+                                  progress=progress)
 
 
 def stamp_of(path: str) -> float:
@@ -183,11 +191,9 @@ if experts_run:
     expert_acc = accuracies(experts_run, stamp_of(experts_run), source, n_tasks, folder)
     table["global accuracy"] = [base_acc[labels == c].mean() if (labels == c).any() else np.nan for c in range(k)]
     table["expert accuracy"] = [expert_acc[labels == c].mean() if (labels == c).any() else np.nan for c in range(k)]
-percent = {name: st.column_config.NumberColumn(name, format="percent")
-           for name in ("global accuracy", "expert accuracy")}
-st.dataframe(table, hide_index=True, width="stretch",
-             column_config={"purity": st.column_config.ProgressColumn("purity", min_value=0.0, max_value=1.0,
-                                                                      format="percent"), **percent})
+st.dataframe(table, hide_index=True, width="stretch", placeholder="–",
+             column_config={"purity": percent_column("purity", bar=True),
+                            **{name: percent_column(name) for name in ("global accuracy", "expert accuracy")}})
 
 st.subheader("Cluster experts")
 if path == UNTRAINED:
@@ -196,8 +202,8 @@ if path == UNTRAINED:
 if experts_run:
     result = paired_comparison(expert_acc, base_acc)
     a, b, c = st.columns(3)
-    a.metric("Global model", f"{100 * result['accuracy_b']:.1f}%")
-    b.metric("Clustered experts", f"{100 * result['accuracy_a']:.1f}%")
+    a.metric("Global model", percent(result["accuracy_b"]))
+    b.metric("Clustered experts", percent(result["accuracy_a"]))
     c.metric("Experts − global", f"{100 * result['difference']:+.1f} pts",
              help="Mean per-task difference on these same tasks, with its paired 95% interval")
     st.caption(f"Paired 95% interval of the difference: ±{100 * result['difference_ci95']:.1f} points over "
@@ -219,8 +225,12 @@ def training_progress(run: Path, total: int) -> None:
     log = run.parent / f".{run.name}.log"
     if not run.exists() and log.exists() and "error:" in log.read_text():  # refused before it began
         status = {"state": "failed", "error": log.read_text().strip().splitlines()[-1]}
+    step, eta = status.get("step", 0), status.get("eta_s")
+    doing = ("embedding the training tasks and fitting the router" if status["state"] == "running" and not step
+             else status["state"])
     st.progress(float(status.get("progress") or 0.0),
-                text=f"{run.name}: {status['state']}, step {status.get('step', 0)} of {total}")
+                text=f"{run.name}: {doing} · step {step:,} of {total:,}"
+                     + (f" · ETA {duration(eta)}" if eta is not None and status["state"] == "running" else ""))
     if status.get("error"):
         st.error(status["error"])
     if status["state"] in ("finished", "failed", "stopped"):

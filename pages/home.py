@@ -32,7 +32,8 @@ if not all(r["available"] == "yes" for r in rows):
 st.subheader("Latest runs")
 latest = list_runs(default_runs_dir())[:5]
 if latest:
-    frame = runs_frame(latest)[["Run", "Status", "Algorithm", "Dataset", "Task", "Step", "Best val.", "Test acc.", "Created"]]
+    frame = runs_frame(latest)[["Run", "Status", "Algorithm", "Dataset", "Task", "Step", "Best val.", "Test acc.",
+                                "Created"]]
     st.dataframe(styled(frame), hide_index=True, width="stretch", column_config=COLUMNS, placeholder="–")
     st.page_link("pages/runs.py", label="All runs", icon=":material/arrow_forward:")
 else:

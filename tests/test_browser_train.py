@@ -3,6 +3,7 @@ finish, then overlay two runs on the Runs page. Screenshots of each page go to `
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,8 +18,9 @@ from livelab import ARTIFACTS, ROOT, launch_chromium, require_chromium, serve_la
 
 pytestmark = pytest.mark.browser
 # A time budget, not a step count: the run lasts as long on a fast machine as on a slow one.
-RUN = dict(dataset="digits", n_query=3, meta_batch=1, steps=100000, minutes=0.4, val_every=50, val_episodes=10,
-           log_every=5)
+RUN = dict(dataset="digits", n_query=3, meta_batch=1, steps=100000, time_limit="true", minutes=0.4, val_every=50,
+           val_episodes=10, log_every=5)
+WIDTH = 1280
 
 
 @pytest.fixture
@@ -48,20 +50,22 @@ def _screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.mouse.move(2, 2)  # no hover tooltip in the picture
     height = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
-    page.set_viewport_size({"width": 1440, "height": min(max(int(height), 900), 3200)})
+    page.set_viewport_size({"width": WIDTH, "height": min(max(int(height), 900), 3200)})
     page.wait_for_timeout(1500)
     try:  # between two live refreshes, so nothing is drawn faded as stale
         page.wait_for_function("() => !document.querySelector('[data-stale=true]')", timeout=10_000, polling=100)
     except Exception:  # noqa: BLE001 - a picture taken mid-refresh is still a picture
         pass
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), timeout=90_000, animations="disabled")
-    page.set_viewport_size({"width": 1440, "height": 1000})
+    page.set_viewport_size({"width": WIDTH, "height": 1000})
 
 
 def _points(page) -> int:
-    """Points of the live chart's loss curve (0 before it is drawn)."""
-    return page.evaluate("""() => { const g = document.querySelector('.js-plotly-plot');
-        return g && g.data ? Math.max(0, ...g.data.map(t => (t.x || []).length)) : 0; }""")
+    """Metric lines the live panel has drawn: the last step its progress bar names, over the logging
+    interval (0 before the first)."""
+    text = page.locator("[data-testid=stMain] [data-testid=stProgress]").first.inner_text()
+    found = re.search(r"Step ([\d,]+)", text)
+    return int(found[1].replace(",", "")) // RUN["log_every"] if found else 0
 
 
 def _progress(page) -> int:
@@ -103,7 +107,7 @@ def drive(browser, url, runs_dir, other):
     """The user's path through the three pages."""
     from playwright.sync_api import expect
 
-    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
     page.set_default_timeout(60_000)
     page.goto(url)
     expect(page.get_by_role("heading", name="Meta-Learning Lab")).to_be_visible()
@@ -118,7 +122,8 @@ def drive(browser, url, runs_dir, other):
     page.locator("[data-testid=stMain]").get_by_role("button", name="Launch meta-training").click()
     expect(page.get_by_text("browser-run", exact=True).first).to_be_visible()
 
-    # Live: the curve grows and the progress advances, polled from the run folder.
+    # Live: the curves are in place from the launch on; the steps and the progress advance, polled from the run folder.
+    expect(page.locator("[data-testid=stMain] [data-testid=stVegaLiteChart]")).to_have_count(4)
     first = _wait(page, lambda: _points(page) >= 2 and (_points(page), _progress(page)), 90, "the first points")
     _wait(page, lambda: _points(page) > first[0] + 1 and _progress(page) > first[1], 60, "the curve to grow")
     expect(badge(page, "Running")).to_be_visible()

@@ -75,6 +75,15 @@ def chart_traces(at, key) -> list[dict]:
     return json.loads(chart.proto.spec)["data"]
 
 
+def live_specs(at) -> list[dict]:
+    """The Vega-Lite specs of the live panel's curves, in page order."""
+    return [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+
+
+def launch_button(at):
+    return button(at, "Launch")
+
+
 def test_the_home_page_lists_the_latest_runs(two_runs, monkeypatch):
     monkeypatch.setenv("LAB_RUNS_DIR", str(two_runs[0]))
     at = open_page()
@@ -88,18 +97,74 @@ def test_the_home_page_lists_the_latest_runs(two_runs, monkeypatch):
     [
         ("n_way", 30, "30-way episodes need 30 classes"),
         ("n_query", 400, "images per class"),
-        ("meta_lr", 0.0, "meta_lr: must be positive"),
-        ("dataset", "folder", "needs the image folder"),
     ],
 )
-def test_the_meta_train_form_refuses_what_cannot_train_before_launching(runs_dir, setting, value, message):
+def test_the_meta_train_form_refuses_what_the_data_cannot_give_before_launching(runs_dir, setting, value, message):
     at = open_page("meta_train")
-    widget = at.selectbox(key=setting) if setting == "dataset" else at.number_input(key=setting)
-    widget.set_value(value).run()
-    button(at, "Launch").click().run()
+    at.number_input(key=setting).set_value(value).run()
+    launch_button(at).click().run()
     assert not at.exception
     assert message in at.error[0].value and at.error[0].value.startswith("Not launched")
     assert not any(runs_dir.iterdir())
+
+
+@pytest.mark.parametrize(
+    "query, key, value, reason",
+    [
+        ({}, "meta_lr", -0.01, "Must be positive, not -0.01"),
+        ({}, "meta_lr", 0.0, "Must be positive, not 0"),
+        ({}, "steps", 0, "Must be a positive whole number, not 0"),
+        ({}, "steps", 2.5, "Must be a whole number, not 2.5"),
+        ({"time_limit": "true"}, "minutes", 0, "Must be positive, not 0"),
+        ({}, "n_query", 0, "Must be at least 1, not 0"),
+        ({}, "seed", -1, "Must be 0 or more, not -1"),
+        ({}, "val_every", 0.5, "Must be a whole number, not 0.5"),
+        ({"algorithm": "maml"}, "maml.inner_lr", -1.0, "Must be a positive number"),
+        ({"algorithm": "maml"}, "maml.inner_steps", 1.5, "Must be a whole number, not 1.5"),
+        ({}, "run_name", "no spaces", "is not allowed"),
+        ({"dataset": "folder"}, "data_dir", "", "Enter the image folder"),
+    ],
+)
+def test_the_form_refuses_an_invalid_value_under_its_field_and_keeps_launch_disabled(runs_dir, query, key, value,
+                                                                                      reason):
+    at = open_page("meta_train", query)
+    if isinstance(value, str):
+        at.text_input(key=key).input(value).run()
+    else:
+        assert not launch_button(at).proto.disabled
+        at.number_input(key=key).set_value(value).run()
+    assert not at.exception
+    assert [e.value for e in at.error] and reason in at.error[0].value, [e.value for e in at.error]
+    assert launch_button(at).proto.disabled
+    assert "Not ready to launch" in at.caption[-1].value
+    assert not any(runs_dir.iterdir())
+
+
+def test_no_time_limit_is_a_choice_of_its_own_and_the_form_says_how_the_run_ends(runs_dir):
+    at = open_page("meta_train")
+    assert at.toggle(key="time_limit").value is False and "minutes" not in [n.key for n in at.number_input]
+    assert "Ends after 1,000 steps: no time limit." in [c.value for c in at.caption]
+    at.toggle(key="time_limit").set_value(True).run()
+    at.number_input(key="minutes").set_value(2.5).run()
+    assert "Ends at 1,000 steps or after 2.5 min" in " ".join(c.value for c in at.caption)
+    assert not launch_button(at).proto.disabled
+
+
+def form_values(at) -> dict:
+    """The ``TrainConfig`` fields as the Meta-Train form shows them."""
+    number = {n.key: n.value for n in at.number_input}
+    select = {s.key: s.value for s in at.selectbox}
+    whole = lambda v: int(v) if v is not None and float(v).is_integer() else v  # noqa: E731
+    algorithm = select["algorithm"]
+    hparams = {key.split(".", 1)[1]: whole(value) if isinstance(value, float) else value
+               for key, value in {**number, **select, **{t.key: t.value for t in at.toggle}}.items()
+               if key.startswith(f"{algorithm}.")}
+    fields = ("n_way", "k_shot", "n_query", "train_way", "meta_batch", "steps", "seed", "val_every", "val_episodes",
+              "log_every")
+    return dict(algorithm=algorithm, dataset=select["dataset"], device=select["device"],
+                lr_schedule=select["lr_schedule"], meta_lr=number["meta_lr"],
+                minutes=number.get("minutes") if at.toggle(key="time_limit").value else None,
+                hparams=hparams, **{name: whole(number[name]) for name in fields})
 
 
 def test_a_link_with_bad_values_opens_the_form_with_defaults(runs_dir):
@@ -108,10 +173,34 @@ def test_a_link_with_bad_values_opens_the_form_with_defaults(runs_dir):
     assert at.number_input(key="steps").value == 250
 
 
+def test_a_run_launched_from_the_form_gets_exactly_the_values_it_shows(runs_dir):
+    at = open_page("meta_train", {k: str(v) for k, v in TINY.items()})
+    at.selectbox(key="lr_schedule").set_value("cosine").run()
+    at.number_input(key="meta_lr").set_value(0.0025).run()
+    at.number_input(key="seed").set_value(3).run()
+    at.number_input(key="train_way").set_value(6).run()
+    at.selectbox(key="protonet.distance").set_value("cosine").run()
+    at.toggle(key="time_limit").set_value(True).run()
+    at.number_input(key="minutes").set_value(0.5).run()
+    at.text_input(key="run_name").input("shown").run()
+    shown = form_values(at)
+    launch_button(at).click().run()
+    assert not at.error, at.error[0].value
+    config = json.loads((runs_dir / "shown" / "config.json").read_text())
+    assert {name: config[name] for name in shown if name != "hparams"} == {k: v for k, v in shown.items()
+                                                                        if k != "hparams"}
+    assert config["hparams"] == {**config["hparams"], **shown["hparams"]} and shown["hparams"]["distance"] == "cosine"
+    assert (config["meta_lr"], config["minutes"], config["train_way"], config["seed"]) == (0.0025, 0.5, 6, 3)
+    jobs.stop(runs_dir / "shown")  # only the config was wanted
+    deadline = time.monotonic() + 120
+    while jobs.is_active(runs.read_status(runs_dir / "shown")) and time.monotonic() < deadline:
+        time.sleep(0.3)
+
+
 def test_a_run_launched_from_the_form_trains_in_its_own_process_and_is_listed(runs_dir):
     at = open_page("meta_train", {k: str(v) for k, v in TINY.items()})
     at.text_input(key="run_name").input("from-form").run()
-    button(at, "Launch").click().run()
+    launch_button(at).click().run()
     assert not at.error, at.error[0].value
     run_dir = runs_dir / "from-form"
     assert at.selectbox(key="watching").value == "from-form"
@@ -124,17 +213,20 @@ def test_a_run_launched_from_the_form_trains_in_its_own_process_and_is_listed(ru
 
     at.run()
     assert "Step 6 of 6" in at.get("progress")[0].proto.text
-    assert [t["name"] for t in chart_traces(at, "live.chart") if t.get("showlegend") is not False] == []
+    titles = [spec["title"]["text"] for spec in live_specs(at)]
+    assert titles == ["Meta-training loss", "Meta-training accuracy", "Meta-validation accuracy (95% CI)",
+                      "Tasks per second"]
     at.switch_page("pages/runs.py").run()
     table = at.dataframe[0].value
     assert list(table["Run"]) == ["from-form"] and list(table["Status"]) == ["● finished"]
-    assert list(table["Step"]) == [6] and table["Best val."][0] > 0.2
+    assert list(table["Step"]) == [6] and table["Best val."][0] > 0.2 and pd_isna(table["Test acc."][0])
 
     at.number_input(key="mt.episodes").set_value(20).run()
     button(at, "Meta-test").click().run()
     evaluations = runs.read_jsonl(run_dir / "evaluations.jsonl")
     assert len(evaluations) == 1 and evaluations[0]["episodes"] == 20 and evaluations[0]["split"] == "test"
-    assert f"{evaluations[0]['accuracy']:.2%}" in at.metric[-1].value
+    assert f"{evaluations[0]['accuracy']:.1%}" in at.metric[-1].value
+    assert at.dataframe[0].value["Test acc."][0] == pytest.approx(evaluations[0]["accuracy"])  # no reload needed
 
 
 def test_the_runs_page_overlays_runs_and_compares_them_on_the_same_episodes(two_runs, monkeypatch):
@@ -216,7 +308,7 @@ def test_an_algorithm_registered_later_gets_its_own_form_fields(runs_dir, monkey
     at.text_input(key="run_name").input("toy").run()
     at.selectbox(key="toy-learner.head").set_value("cosine").run()
     at.number_input(key="n_way").set_value(30).run()  # refused before launching: no worker needs the toy
-    button(at, "Launch").click().run()
+    launch_button(at).click().run()
     assert "30-way" in at.error[0].value
 
     config = TrainConfig(algorithm=ToyLearner.name, **TINY, hparams={"head": "cosine"})

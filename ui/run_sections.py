@@ -15,8 +15,9 @@ import streamlit as st
 from lab import jobs, runs
 from lab.evaluation import compare_runs, evaluate_run
 from ui.charts import SHORT, difference_figure, internals_figure, overlay_figure
+from ui.formats import duration, percent, percent_column, progress_bar
 from ui.forms import config_query
-from ui.live import POLL_S, duration
+from ui.live import POLL_S
 
 STATE_COLORS = {"queued": "#6b7280", "running": "#2563eb", "finished": "#059669", "stopped": "#d97706",
                 "failed": "#dc2626", "interrupted": "#7c3aed"}
@@ -46,24 +47,36 @@ def styled(frame: pd.DataFrame):
     return frame.style.map(color, subset=["Status"])
 
 
+# Widths in pixels: the default columns fit the 820 px of a 1280 px wide window (beside the page list).
 COLUMNS = {
-    "Best val.": st.column_config.ProgressColumn("Best val.", min_value=0.0, max_value=1.0, format="percent",
-                                                 help="Best meta-validation accuracy (the best.pt checkpoint)"),
-    "Test acc.": st.column_config.NumberColumn("Test acc.", format="percent", help="Latest meta-test on unseen classes"),
-    "± CI": st.column_config.NumberColumn("± CI", format="percent", help="Half-width of the 95% confidence interval"),
-    "Minutes": st.column_config.NumberColumn("Minutes", format="%.1f", help="Training time"),
-    "Created": st.column_config.DatetimeColumn("Created", format="MMM D, HH:mm"),
+    "Run": st.column_config.TextColumn("Run", width=160),
+    "Status": st.column_config.TextColumn("Status", width=95),
+    "Algorithm": st.column_config.TextColumn("Algorithm", width=82),
+    "Dataset": st.column_config.TextColumn("Dataset", width=70),
+    "Task": st.column_config.TextColumn("Task", width=92),
+    "Step": st.column_config.NumberColumn("Step", width=55, format="localized"),
+    "Best val.": percent_column("Best val.", "Best meta-validation accuracy (the best.pt checkpoint)", bar=True,
+                                width=84),
+    "Test acc.": percent_column("Test acc.", "Latest meta-test on unseen classes", width=68),
+    "± CI": percent_column("± CI", "Half-width of the 95% confidence interval of the test accuracy", width=52),
+    "Minutes": st.column_config.NumberColumn("Min.", format="%.1f", width=50, help="Training time in minutes"),
+    "Device": st.column_config.TextColumn("Device", width=120),
+    "Created": st.column_config.DatetimeColumn("Created", format="D MMM HH:mm", width=95),
 }
+DEFAULT_COLUMNS = ["Run", "Status", "Algorithm", "Dataset", "Task", "Step", "Best val.", "Test acc.", "± CI",
+                   "Minutes"]
 
 
 def runs_table(runs_dir: Path) -> None:
     """All runs, refreshed while one of them trains. Click a column header to sort."""
     rows = runs.list_runs(runs_dir)
     active = any(r["status"] in ("queued", "running") for r in rows)
+    more = st.toggle("Device and creation time", key="runs.more", help="Two more columns (the table gets wider).")
+    order = DEFAULT_COLUMNS + (["Device", "Created"] if more else [])
 
     def table():
         st.dataframe(styled(runs_frame(runs.list_runs(runs_dir))), hide_index=True, column_config=COLUMNS,
-                     width="stretch", placeholder="–")
+                     column_order=order, width="stretch", placeholder="–")
 
     st.fragment(run_every=POLL_S * 2 if active else None)(table)()
 
@@ -100,9 +113,9 @@ def compare_section(rows: list[dict], chosen: list[str]) -> None:
     if c3.button("Compare on the same test episodes", icon=":material/compare_arrows:", disabled=len(chosen) < 2,
                  help="Choose two runs or more above. The first chosen run is the reference."):
         try:
-            with st.spinner(f"Meta-testing {len(chosen)} runs on the same {episodes} episodes…"):
+            with progress_bar(f"Meta-testing {len(chosen)} runs on the same {episodes:,} episodes") as progress:
                 st.session_state["comparison"] = compare_runs([paths[n] for n in chosen], episodes=int(episodes),
-                                                              seed=int(seed))
+                                                              seed=int(seed), progress=progress)
         except (ValueError, RuntimeError) as err:
             st.error(f"Could not compare: {err}")
     result = st.session_state.get("comparison")
@@ -118,8 +131,8 @@ def compare_section(rows: list[dict], chosen: list[str]) -> None:
         f"− {chosen[0]}": [diffs[r["run"]]["difference"] if r["run"] in diffs else None for r in result["runs"]],
         "± paired CI": [diffs[r["run"]]["difference_ci95"] if r["run"] in diffs else None for r in result["runs"]],
     })
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(c, format="percent") for c in table.columns[1:]})
+    st.dataframe(table, hide_index=True, width="stretch", placeholder="–",
+                 column_config={c: percent_column(c) for c in table.columns[1:]})
     st.plotly_chart(difference_figure(result["pairs"]), key="cmp.chart", config={"displaylogo": False})
 
 
@@ -130,20 +143,26 @@ def meta_test_section(run_dir: Path, has_checkpoint: bool) -> None:
     if c3.button("Meta-test the best checkpoint", type="primary", icon=":material/science:",
                  disabled=not has_checkpoint, help="On the test classes, never seen in training."):
         try:
-            with st.spinner(f"Meta-testing on {episodes} tasks of never-seen classes…"):
-                evaluate_run(run_dir, episodes=int(episodes), seed=int(seed))
+            with progress_bar(f"Meta-testing on {episodes:,} tasks of never-seen classes", "tasks") as progress:
+                result = evaluate_run(run_dir, episodes=int(episodes), seed=int(seed), progress=progress)
         except (ValueError, RuntimeError) as err:
             st.error(f"Meta-test failed: {err}")
+        else:  # the runs table above is drawn already: a rerun shows the new test accuracy there too
+            st.toast(f"{run_dir.name}: {percent(result['accuracy'])} ± {percent(result['ci95'])} on the test classes",
+                     icon=":material/science:")
+            st.rerun()
     evals = runs.read_jsonl(run_dir / "evaluations.jsonl")
     if not evals:
         st.caption("Not meta-tested yet." if has_checkpoint else "No checkpoint yet.")
         return
     last = evals[-1]
     st.metric(f"Test accuracy · {last['n_way']}-way {last['k_shot']}-shot · {last['dataset']}:{last['split']}",
-              f"{last['accuracy']:.2%} ± {last['ci95']:.2%}", help="Mean over the episodes ± 95% confidence interval")
-    frame = pd.DataFrame(evals)[["dataset", "split", "n_way", "k_shot", "episodes", "seed", "accuracy", "ci95"]]
-    st.dataframe(frame.iloc[::-1], hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(c, format="percent") for c in ("accuracy", "ci95")})
+              f"{percent(last['accuracy'])} ± {percent(last['ci95'])}",
+              help="Mean over the episodes ± 95% confidence interval")
+    frame = pd.DataFrame(evals).reindex(columns=["dataset", "split", "n_way", "k_shot", "episodes", "seed", "accuracy",
+                                                 "ci95"])
+    st.dataframe(frame.iloc[::-1], hide_index=True, width="stretch", placeholder="–",
+                 column_config={"accuracy": percent_column("accuracy"), "ci95": percent_column("± 95% CI")})
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
