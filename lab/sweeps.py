@@ -90,7 +90,7 @@ def storage_url(runs_dir, storage: str | None) -> str:
 
 def runs_folder(runs_dir) -> Path:
     """``runs_dir``, else ``$LAB_RUNS_DIR`` or ``./runs``."""
-    return Path(runs_dir or runs.defaultruns_folder())
+    return Path(runs_dir or runs.default_runs_dir())
 
 
 def free_run_name(runs_dir: Path, stem: str) -> str:
@@ -289,8 +289,9 @@ def trial_row(trial) -> dict:
         "state": trial.state.name.lower(),
         "value": trial.value,
         "params": dict(trial.params),
-        "run": trial.user_attrs.get("run"),
-        "worker": trial.user_attrs.get("worker"),
+        # A re-queued trial carries the attributes of the one it retries until a worker takes it.
+        "run": trial.user_attrs.get("run") if trial.state != TrialState.WAITING else None,
+        "worker": trial.user_attrs.get("worker") if trial.state != TrialState.WAITING else None,
         "reports": len(trial.intermediate_values),
         "last_step": max(trial.intermediate_values, default=None),
         "pruned_at": trial.user_attrs.get("pruned_at"),

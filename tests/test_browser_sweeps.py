@@ -67,7 +67,7 @@ def test_a_sweep_is_defined_watched_and_its_trial_opened_in_the_browser(lab_serv
             name.fill("browser-sweep")
             name.press("Tab")
             for label, value in [("Validate every", 5), ("Validation episodes", 10), ("Trials", 2),
-                                 ("Minutes per trial", 0), ("Steps per trial", 10), ("Workers", 1)]:
+                                 ("Minutes per trial", 0), ("Steps per trial", 10), ("Workers", 2)]:
                 fill(page, label, value)
             screenshot(page, "sweeps-form")
             main.get_by_role("button", name="Create the sweep and launch its workers").click()

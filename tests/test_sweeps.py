@@ -205,3 +205,13 @@ def test_a_second_sweep_of_the_same_name_is_refused(tmp_path):
     make(tmp_path, "twice")
     with pytest.raises(ValueError, match="already exists"):
         make(tmp_path, "twice")
+
+
+def test_without_a_runs_folder_the_cli_keeps_sweeps_in_lab_runs_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path))
+    assert cli.main(["sweep", "status"]) == 0 and "no sweeps yet" in capsys.readouterr().out
+    assert not (tmp_path / "sweeps.db").exists()  # looking writes nothing
+    assert cli.main(["sweep", "create", "here", "--param", "meta_lr", "--steps-per-trial", "5", "--trials", "2"]) == 0
+    assert "searches meta_lr in 0.0001:0.01 (log)" in capsys.readouterr().out  # derived around the default 1e-3
+    assert (tmp_path / "sweeps.db").exists()
+    assert cli.main(["sweep", "status", "--json"]) == 0 and json.loads(capsys.readouterr().out) == ["here"]
