@@ -32,7 +32,7 @@ name = st.selectbox("Run", names, key="detail", bind="query-params")
 run_dir = Path(next(r["path"] for r in rows if r["name"] == name))
 view = jobs.view(run_dir)
 has_checkpoint = (run_dir / "best.pt").exists() or (run_dir / "last.pt").exists()
-curves, test, internals, files = st.tabs(["Curves", "Meta-test", "Internals", "Files and actions"])
+curves, test, internals, files = st.tabs(["Curves", "Meta-test", "Internals", "Files and actions"], key="detail.tab")
 with curves:
     live_panel(run_dir, key="detail")
 with test:
