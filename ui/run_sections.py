@@ -60,19 +60,22 @@ COLUMNS = {
     "Test acc.": percent_column("Test acc.", "Latest meta-test on unseen classes", width=68),
     "± CI": percent_column("± CI", "Half-width of the 95% confidence interval of the test accuracy", width=52),
     "Minutes": st.column_config.NumberColumn("Min.", format="%.1f", width=50, help="Training time in minutes"),
-    "Device": st.column_config.TextColumn("Device", width=120),
+    "Device": st.column_config.TextColumn("Device", width=115),
     "Created": st.column_config.DatetimeColumn("Created", format="D MMM HH:mm", width=95),
 }
-DEFAULT_COLUMNS = ["Run", "Status", "Algorithm", "Dataset", "Task", "Step", "Best val.", "Test acc.", "± CI",
-                   "Minutes"]
+VIEWS = {
+    "Results": ["Run", "Status", "Algorithm", "Dataset", "Task", "Step", "Best val.", "Test acc.", "± CI", "Minutes"],
+    "Device and time": ["Run", "Status", "Algorithm", "Dataset", "Task", "Step", "Minutes", "Device", "Created"],
+}
 
 
 def runs_table(runs_dir: Path) -> None:
     """All runs, refreshed while one of them trains. Click a column header to sort."""
     rows = runs.list_runs(runs_dir)
     active = any(r["status"] in ("queued", "running") for r in rows)
-    more = st.toggle("Device and creation time", key="runs.more", help="Two more columns (the table gets wider).")
-    order = DEFAULT_COLUMNS + (["Device", "Created"] if more else [])
+    view = st.segmented_control("Columns", list(VIEWS), default="Results", key="runs.view",
+                                label_visibility="collapsed") or "Results"
+    order = VIEWS[view]
 
     def table():
         st.dataframe(styled(runs_frame(runs.list_runs(runs_dir))), hide_index=True, column_config=COLUMNS,
