@@ -164,7 +164,8 @@ def _figures(study, state: dict) -> None:
         tabs[2].caption("Needs two complete trials and two searched fields or more.")
     if any(t["reports"] for t in state["trials"]):
         tabs[3].caption("Each trial's meta-validation accuracy as it trained; pruned trials stop early.")
-        tabs[3].plotly_chart(vis.plot_intermediate_values(study), key="sw-intermediate", config={"displaylogo": False})
+        figure = vis.plot_intermediate_values(study).update_layout(yaxis_title="Validation accuracy")
+        tabs[3].plotly_chart(figure, key="sw-intermediate", config={"displaylogo": False})
     else:
         tabs[3].caption("No meta-validation yet.")
 
@@ -179,10 +180,10 @@ def _numbers(state: dict) -> None:
     cols[2].metric("Best (validation)", f"{best['value']:.1%}" if best else "–", border=True,
                    help=VAL_HELP + (f" Trial {best['trial']}, run {best['run']}." if best else ""))
     test = state["test"]
-    shown = f"{test['accuracy']:.1%} ± {test['ci95']:.1%}" if test else "–"
-    about = (f"Trial {test['trial']} meta-tested once on {test['episodes']} episodes of never-seen classes" if test
-             else "Meta-test the best below once every trial has ended.")
-    cols[3].metric("Test split (once)", shown, border=True, help=about)
+    about = (f"Trial {test['trial']} meta-tested once on {test['episodes']} episodes of never-seen classes, "
+             "± the 95% confidence interval" if test else "Meta-test the best below once every trial has ended.")
+    cols[3].metric("Test split (once)", f"{test['accuracy']:.1%}" if test else "–", border=True, help=about,
+                   delta=f"± {test['ci95']:.1%}" if test else None, delta_color="off", delta_arrow="off")
 
 
 def _panel(runs_dir, name: str, was_active: bool) -> None:
