@@ -226,14 +226,15 @@ def training_progress(run: Path, total: int) -> None:
     if not run.exists() and log.exists() and "error:" in log.read_text():  # refused before it began
         status = {"state": "failed", "error": log.read_text().strip().splitlines()[-1]}
     step, eta = status.get("step", 0), status.get("eta_s")
-    doing = ("embedding the training tasks and fitting the router" if status["state"] == "running" and not step
-             else status["state"])
+    running = status["state"] == "running"
+    doing = ("fine-tuning the experts" if step else "embedding the training tasks and fitting the router") \
+        if running else status["state"]
     st.progress(float(status.get("progress") or 0.0),
                 text=f"{run.name}: {doing} · step {step:,} of {total:,}"
-                     + (f" · ETA {duration(eta)}" if eta is not None and status["state"] == "running" else ""))
+                     + (f" · ETA {duration(eta)}" if eta is not None and running else ""))
     if status.get("error"):
         st.error(status["error"])
-    if status["state"] in ("finished", "failed", "stopped"):
+    if status["state"] in ("finished", "failed", "stopped", "interrupted"):
         st.session_state.pop("launched", None)
         if status["state"] == "finished":
             st.rerun()
