@@ -18,6 +18,7 @@ from lab.config import TrainConfig, hparam_fields
 from lab.training import train
 from ui.charts import internals_figure, overlay_figure, smooth
 from ui.forms import config_query
+from ui.live import phase_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="digits", n_query=3, meta_batch=1, steps=6, val_every=3, val_episodes=5, log_every=1)
@@ -353,3 +354,32 @@ def test_internals_are_drawn_when_they_have_a_shape_we_know(value, bars):
     assert (fig is None) == (bars is None)
     if fig is not None:
         assert sum(t.type == "bar" for t in fig.data) == bars
+
+
+@pytest.mark.parametrize(
+    "status, metrics, says",
+    [
+        ({"state": "queued", "pid": 1}, [], "Starting the training process"),
+        ({"state": "running", "phase": "loading"}, [], "Loading the data and building the model"),
+        ({"state": "running"}, [], "the first metric line comes at step 10"),
+        ({"state": "running", "phase": "validating", "val_done": 40, "val_total": 200}, [{"step": 10}],
+         "Meta-validating: 40 of 200 episodes"),
+        ({"state": "running", "phase": "checkpoint"}, [{"step": 10}], "Writing the checkpoint"),
+        ({"state": "running", "phase": "training"}, [{"step": 10}], "Training"),
+        ({"state": "finished", "phase": None}, [{"step": 10}], None),
+    ],
+)
+def test_the_live_panel_says_what_the_worker_is_doing(status, metrics, says):
+    text = phase_text({"status": status, "config": {"log_every": 10}, "metrics": metrics})
+    assert text == says if says is None else says in text
+
+
+def test_a_run_being_validated_shows_the_episodes_done_of_planned(runs_dir):
+    run_dir = runs.create_run(runs_dir, TrainConfig(**TINY), "validating")
+    runs.write_status(run_dir, "running", step=3, phase="validating", val_done=2, val_total=5)  # owned by this process
+    at = open_page("runs")
+    texts = [p.proto.text for p in at.get("progress")]
+    assert texts[0].startswith("Step 3 of 6") and "ETA after the first metric line" in texts[0]
+    assert texts[1].startswith("Meta-validating: 2 of 5 episodes")
+    assert len(live_specs(at)) == 4  # the curves are in place before their first point
+    assert "first point at step 1" in json.dumps(live_specs(at)[0])
