@@ -233,7 +233,7 @@ def difference_figure(pairs: list[dict]) -> go.Figure:
                                error_x=dict(type="data", array=[p["difference_ci95"] for p in pairs], thickness=2),
                                hovertemplate=f"%{{x:+{PERCENT_FORMAT}}}<extra></extra>"))
     fig.add_vline(x=0, line=dict(color="#9ca3af", dash="dash"))
-    half = [p["difference_ci95"] or 0.0 for p in pairs]
+    half = [p["difference_ci95"] if math.isfinite(p["difference_ci95"] or 0.0) else 0.0 for p in pairs]
     fig.update_layout(xaxis_title="difference in test accuracy (paired 95% CI)")
     fig.update_xaxes(**percent_axis(min(0.0, *(d - h for d, h in zip(diffs, half))),
                                     max(0.0, *(d + h for d, h in zip(diffs, half))), ticks=6, clip=False, sign="+"))
