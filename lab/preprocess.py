@@ -9,8 +9,11 @@ Steps (LeCun et al.'s recipe for MNIST, made robust to what people upload):
    the colour that contrasts with the ink;
 3. polarity detected from the border (the paper) and made bright-ink-on-dark; the paper's level
    subtracted (its local level when a photo is lit unevenly), faint shading dropped;
-4. cropped to the ink, scaled to fit 20x20 keeping the aspect ratio, and placed in 28x28 with its
-   centre of mass at the centre.
+4. strokes made as thick as MNIST's, whatever the pen: the ink is binarised, thinned to its skeleton
+   (its centre line, :func:`skimage.morphology.skeletonize`) and drawn again with a round pen whose width
+   is :data:`STROKE_WIDTH` of the skeleton's size, with a pixel of grey at the edge;
+5. cropped to the ink, scaled to fit 20x20 keeping the aspect ratio (which greys the edges as MNIST's
+   are), and placed in 28x28 with its centre of mass at the centre.
 
 Every failure raises :class:`BadImage` with a one-line reason; a blank page raises its
 subclass :class:`BlankImage` ("draw something first").
@@ -25,12 +28,19 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_UPLOAD_BYTES = 5 * 2**20  # the page's upload cap (.streamlit/config.toml: maxUploadSize = 5)
+MAX_UPLOAD_BYTES = 5 * 2**20  # the largest image file read; the server lets bigger ones through to be told so
 MAX_PIXELS = 25_000_000  # larger images are refused before decoding
+FRAMES_KEY = "lab.frames"  # where open_image notes the file's frame count
+MIN_SIDE = 8  # narrower or shorter images are refused: too few pixels to hold a digit
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")  # Pillow's other formats are never tried
 WORK_SIDE = 512  # bigger images are shrunk to this side first: a digit needs no more
 IMAGE_SIZE = 28
 BOX = 20
+STROKE_WIDTH = 0.157  # MNIST's median stroke width over its skeleton's longer side (tests/test_preprocess.py)
+INK_LEVEL = 0.5  # what is thinned: pixels at least half as dark as the darkest stroke
+MIN_MASK_SIDE = 96  # a smaller drawing is enlarged to this side before it is thinned
+SPUR = 1.5  # twigs shorter than this many stroke half-widths that end in a corner are pruned
+SKELETON_SIDE = 96  # the skeleton's longer side, in pixels, when it is drawn again
 
 
 class BadImage(ValueError):
@@ -59,10 +69,15 @@ def open_image(data: bytes) -> Image.Image:
                 raise BadImage(f"the image is {width}x{height} pixels; the limit is {MAX_PIXELS:,} pixels")
             if width < 1 or height < 1:
                 raise BadImage(f"the image has no pixels ({width}x{height})")
+            if width < MIN_SIDE or height < MIN_SIDE:
+                raise BadImage(f"the image is too small ({width}x{height} pixels): it needs at least "
+                               f"{MIN_SIDE}x{MIN_SIDE}")
+            frames = int(getattr(im, "n_frames", 1) or 1)
             im.seek(0)
             if im.format == "JPEG":
                 im.draft(None, (WORK_SIDE, WORK_SIDE))  # decode a big photo at a reduced scale
             im.load()
+            im.info[FRAMES_KEY] = frames  # kept by the copies Pillow makes
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -188,6 +203,110 @@ def ink_image(gray: np.ndarray) -> np.ndarray:
     return ink
 
 
+def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float ``a`` resized to ``size`` (width, height): averaged when shrinking, interpolated when enlarging."""
+    shrink = size[0] < a.shape[1] or size[1] < a.shape[0]
+    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(a.astype(np.float32)).resize(size, method))
+
+
+def _drop_small(mask: np.ndarray, min_size: int, diagonal: bool = True) -> np.ndarray:
+    """``mask`` without its connected parts of fewer than ``min_size`` pixels (8-neighbours, or 4 when not
+    ``diagonal``: the paper around ink that touches corner to corner stays apart)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)) if diagonal else None)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    keep[1 + np.argmax(sizes[1:])] = True  # the largest part always stays
+    return keep[labels]
+
+
+def _ink_mask(ink: np.ndarray) -> np.ndarray:
+    """The ink as a mask cropped to it, at least :data:`MIN_MASK_SIDE` pixels on its longer side: specks
+    under 1% of the ink dropped, pinholes of a few pixels filled, every other hole kept (a thick pen
+    leaves only a small hole in a loop, and the loop is what tells an 8 from a 1)."""
+    mask = ink >= INK_LEVEL
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(rows) == 0:
+        raise BlankImage("the image is blank: draw something first")
+    mask = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = mask.shape
+    if max(h, w) < MIN_MASK_SIDE:  # a small drawing: enlarged, so its skeleton is smooth enough to scale
+        scale = MIN_MASK_SIDE / max(h, w)
+        mask = _resize(mask, (max(1, round(w * scale)), max(1, round(h * scale)))) >= 0.5
+    mask = _drop_small(mask, max(1, int(mask.sum()) // 100))
+    pinhole = max(2, round((max(mask.shape) / 140) ** 2))
+    paper = _drop_small(np.pad(~mask, 1, constant_values=True), pinhole + 1, diagonal=False)[1:-1, 1:-1]
+    return ~paper
+
+
+_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+
+
+def _prune_spurs(skeleton: np.ndarray, mask: np.ndarray, factor: float | None = None) -> np.ndarray:
+    """``skeleton`` without its spurs: the short twigs thinning leaves where a thick stroke ends square or
+    turns a corner. A branch from an end to a junction is a spur when it is shorter than ``factor`` times
+    the stroke's half-width at the junction (its distance to the paper) and it ends in a corner (under
+    half that width from the paper); a stroke's own round end sits a half-width from the paper."""
+    from scipy import ndimage
+
+    factor = SPUR if factor is None else factor
+    skeleton = skeleton.copy()
+    count = ndimage.convolve(skeleton.astype(np.uint8), np.ones((3, 3), np.uint8), mode="constant") - 1
+    ends = np.argwhere(skeleton & (count == 1))
+    if len(ends) == 0:
+        return skeleton
+    radius = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    limit = factor * float(radius.max())
+    h, w = skeleton.shape
+    for y, x in ends:
+        path, seen = [(int(y), int(x))], {(int(y), int(x))}
+        while len(path) <= limit:
+            cy, cx = path[-1]
+            if len(path) > 1 and count[cy, cx] >= 3:  # a junction: the branch ends here
+                if len(path) - 1 < factor * radius[cy, cx] and radius[y, x] < 0.5 * radius[cy, cx]:
+                    for py, px in path[:-1]:
+                        skeleton[py, px] = False
+                break
+            step = [(cy + dy, cx + dx) for dy, dx in _NEIGHBOURS if 0 <= cy + dy < h and 0 <= cx + dx < w
+                    and skeleton[cy + dy, cx + dx] and (cy + dy, cx + dx) not in seen]
+            if not step:
+                break  # another end: a stroke of its own, not a spur
+            path.append(step[0])
+            seen.update(step)
+    return skeleton
+
+
+def normalise_strokes(ink: np.ndarray) -> np.ndarray:
+    """The same drawing with strokes as thick as MNIST's, whatever pen drew it.
+
+    ``ink``: float ``(H, W)`` in [0, 1], bright on zero -> float ``(h, w)`` in [0, 1]: the skeleton of the
+    ink, scaled so its longer side is :data:`SKELETON_SIDE` pixels, drawn with a round pen
+    :data:`STROKE_WIDTH` of that side wide, anti-aliased. A thin and a thick pen give nearly the same
+    image (tests/test_preprocess.py checks widths 6 to 40).
+    """
+    from scipy import ndimage
+    from skimage.morphology import skeletonize
+
+    mask = _ink_mask(ink)
+    ys, xs = np.nonzero(_prune_spurs(skeletonize(mask), mask))
+    if len(ys) == 0:
+        raise BlankImage("the image is blank: draw something first")
+    ys, xs = ys - ys.min(), xs - xs.min()
+    side = max(int(ys.max()), int(xs.max()), max(mask.shape) // 4, 1)  # a dot or a blob keeps a visible size
+    scale = SKELETON_SIDE / side
+    width = STROKE_WIDTH * SKELETON_SIDE
+    margin = int(np.ceil(width / 2)) + 2
+    line = np.zeros((round(ys.max() * scale) + 2 * margin + 1, round(xs.max() * scale) + 2 * margin + 1), dtype=bool)
+    line[np.rint(ys * scale).astype(int) + margin, np.rint(xs * scale).astype(int) + margin] = True
+    distance = ndimage.distance_transform_edt(~line)
+    return np.clip(width / 2 + 0.5 - distance, 0.0, 1.0).astype(np.float32)
+
+
 def center_digit(ink: np.ndarray, box: int = BOX, size: int = IMAGE_SIZE) -> np.ndarray:
     """Crop to the ink, fit into ``box`` x ``box`` keeping aspect, centre of mass at the centre.
 
@@ -222,7 +341,7 @@ def center_digit(ink: np.ndarray, box: int = BOX, size: int = IMAGE_SIZE) -> np.
 def preprocess_image(im: Image.Image) -> np.ndarray:
     """Any PIL image -> uint8 ``(28, 28)``, bright ink centred on black, as MNIST."""
     try:
-        canvas = center_digit(ink_image(to_gray(im)))
+        canvas = center_digit(normalise_strokes(ink_image(to_gray(im))))
     except BadImage:
         raise
     except Exception as err:  # an exotic mode or a degenerate image: still one clear line
@@ -230,9 +349,33 @@ def preprocess_image(im: Image.Image) -> np.ndarray:
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
 
+def normalise_digit(image: np.ndarray) -> np.ndarray:
+    """A uint8 ``(28, 28)`` digit such as MNIST's -> the uint8 ``(28, 28)`` image a drawing of it becomes:
+    its strokes drawn again as thick as :func:`normalise_strokes` draws every drawing's."""
+    ink = np.asarray(image, dtype=np.float32) / 255.0
+    return np.clip(np.rint(center_digit(normalise_strokes(ink / max(float(ink.max()), 1e-6)))), 0, 255).astype(np.uint8)
+
+
+def frame_count(im: Image.Image) -> int:
+    """How many frames the file :func:`open_image` opened holds (an animated GIF or WebP has several)."""
+    return int(im.info.get(FRAMES_KEY) or getattr(im, "n_frames", 1) or 1)
+
+
+def read_notes(im: Image.Image) -> tuple[str, ...]:
+    """What a user should know about how the file was read, one line each."""
+    frames = frame_count(im)
+    return (f"the file holds {frames} frames: only the first was used",) if frames > 1 else ()
+
+
+def prepare_bytes(data: bytes) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Image file bytes -> (uint8 ``(28, 28)``, notes on how the file was read: :func:`read_notes`)."""
+    im = open_image(data)
+    return preprocess_image(im), read_notes(im)
+
+
 def preprocess_bytes(data: bytes) -> np.ndarray:
     """Image file bytes -> uint8 ``(28, 28)``; raises :class:`BadImage` with a one-line reason."""
-    return preprocess_image(open_image(data))
+    return prepare_bytes(data)[0]
 
 
 def preprocess_file(path: str | os.PathLike) -> np.ndarray:
