@@ -143,6 +143,85 @@ def bench_predict(args) -> dict:
     }
 
 
+DRAW_DIGITS = 300  # MNIST test digits behind the draw benchmark; each is drawn in every way of the corpus
+DRAW_SUPPORT_SEEDS = (0, 1, 2, 3, 4)  # support sets the drawings are named against; seed 0 is the page's
+
+
+def bench_draw(args) -> dict:
+    """Top-1 accuracy on pad drawings of MNIST test digits (:mod:`lab.drawings`) per pen width, rotation and
+    size, and on drawings varied at random in all of them (``mixed``), with the expected calibration error
+    (15 bins) and how often a prediction is marked unsure.
+
+    Each figure is the mean over 10-way 5-shot MNIST support sets of seeds :data:`DRAW_SUPPORT_SEEDS`;
+    ``page_support`` is the one the page opens with (seed 0) alone.
+    """
+    import numpy as np
+
+    from lab import drawings
+    from lab.calibration import expected_calibration_error
+    from lab.data import load_dataset
+    from lab.predict import digit_support, load_digit_bank, load_predictor
+    from lab.preprocess import preprocess_bytes
+
+    source = getattr(args, "run", None) or "default"
+    _, predictor = load_predictor(source)
+    bank = load_digit_bank("mnist", args.data_dir)
+    digits, labels = drawings.mnist_test_digits(load_dataset("mnist", args.data_dir), DRAW_DIGITS, seed=0)
+    t0 = time.perf_counter()
+    corpus = drawings.corpus(digits, labels, seed=0)
+    draw_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    images = np.stack([preprocess_bytes(d.png) for d in corpus])
+    preprocess_ms = 1000 * (time.perf_counter() - t0) / len(corpus)
+    truth = np.array([d.label for d in corpus])
+    runs_ = []  # per support set: probabilities (n, 10), unsure (n,)
+    for seed in DRAW_SUPPORT_SEEDS:
+        decisions = predictor.decide(images, digit_support(bank, 5, seed))
+        runs_.append((np.stack([p for p, _ in decisions]), np.array([why is not None for _, why in decisions])))
+
+    def scores(mask, probs, unsure) -> dict:
+        right = probs[mask].argmax(1) == truth[mask]
+        sure = ~unsure[mask]
+        return {"accuracy": float(right.mean()), "unsure": float(unsure[mask].mean()),
+                "accuracy_when_sure": float(right[sure].mean()) if sure.any() else float("nan"),
+                "ece": expected_calibration_error(probs[mask], truth[mask])}
+
+    def part(mask) -> dict:
+        each = [scores(mask, probs, unsure) for probs, unsure in runs_]
+        out = {k: round(float(np.mean([e[k] for e in each])), 4) for k in each[0]}
+        out["page_support"] = {k: round(v, 4) for k, v in each[0].items()}
+        out["drawings"] = int(mask.sum())
+        return out
+
+    group = np.array([d.group for d in corpus])
+    width = np.array([d.width for d in corpus])
+    angle = np.array([d.rotation for d in corpus])
+    by_width = {str(w): part((group == "width") & (width == w)) for w in drawings.WIDTHS}
+    page_widths = [str(w) for w in drawings.WIDTHS if 6 <= w <= 40]  # the page's slider
+
+    def spread(key) -> dict:
+        accs = [by_width[w][key] if key == "accuracy" else by_width[w]["page_support"]["accuracy"] for w in page_widths]
+        return {"worst": min(accs), "best": max(accs), "gap": round(max(accs) - min(accs), 4)}
+
+    return {
+        "model": str(source),
+        "temperature": predictor.temperature,
+        "support": "mnist training digits, 10-way 5-shot",
+        "support_seeds": list(DRAW_SUPPORT_SEEDS),
+        "digits": DRAW_DIGITS,
+        "drawings": len(corpus),
+        "by_width": by_width,
+        "by_rotation": {str(a): part((group == "rotation") & (angle == a)) for a in drawings.ROTATIONS},
+        "by_size": {name: part(group == f"size:{name}") for name in drawings.SIZES},
+        "mixed": part(group == "mixed"),
+        "widths_6_to_40": spread("accuracy"),
+        "widths_6_to_40_page_support": spread("page_support"),
+        "draw_ms_per_drawing": round(1000 * draw_s / len(corpus), 2),
+        "preprocess_ms_per_drawing": round(preprocess_ms, 2),
+        "cpu_count": os.cpu_count(),
+    }
+
+
 ALGORITHM_CONFIGS = (  # (algorithm, n_way, k_shot, inner_steps); 5-way 1-shot, 15 queries per class
     ("maml", 5, 1, 5), ("fomaml", 5, 1, 5), ("anil", 5, 1, 5), ("metasgd", 5, 1, 5),
     ("learned-opt", 5, 1, 5), ("reptile", 5, 1, 5), ("metanet", 5, 1, 0),
@@ -302,7 +381,7 @@ def bench_clusters(args) -> dict:
 
 
 BENCHES = {"data": bench_data, "algorithms": bench_algorithms, "clusters": bench_clusters,
-           "distributed": bench_distributed, "predict": bench_predict}
+           "distributed": bench_distributed, "predict": bench_predict, "draw": bench_draw}
 
 
 def run(what: str, args) -> dict | list:
@@ -320,6 +399,17 @@ def format_result(what: str, result) -> str:
         return (f"one drawing, preprocess + predict: p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms over "
                 f"{result['drawings']} drawings ({100 * result['accuracy']:.1f}% right); adapting to a 10-way 5-shot "
                 f"support set: {result['adapt_ms']} ms")
+    if what == "draw":
+        lines = [f"pad drawings of {result['digits']} MNIST test digits, mean over {len(result['support_seeds'])} "
+                 f"support sets (page's support in brackets):"]
+        for title, key in (("pen width", "by_width"), ("rotation", "by_rotation"), ("size", "by_size")):
+            lines.append(f"  {title:9s} " + "  ".join(
+                f"{name}: {100 * r['accuracy']:.1f}% ({100 * r['page_support']['accuracy']:.1f}%)"
+                for name, r in result[key].items()))
+        m = result["mixed"]
+        lines.append(f"  mixed     {100 * m['accuracy']:.1f}% right, ECE {m['ece']:.3f}, "
+                     f"unsure {100 * m['unsure']:.1f}%, {100 * m['accuracy_when_sure']:.1f}% right when sure")
+        return "\n".join(lines)
     if what == "algorithms":
         return "\n".join(
             f"{r['algorithm']:12s} {r['n_way']}w{r['k_shot']}s {r['inner_steps']} steps, meta-batch {r['meta_batch']} "

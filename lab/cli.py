@@ -256,6 +256,12 @@ def cmd_eval(args) -> int:
                           n_way=args.n_way, k_shot=args.k_shot, n_query=args.n_query, episodes=args.episodes,
                           seed=args.seed, device=args.device, source=args.source, folder=args.folder)
     result["run"] = str(args.run)  # as given: "default" names the shipped model
+    if args.calibration and "source" not in result:
+        from lab.calibration import evaluate_calibration
+
+        result["calibration"] = evaluate_calibration(
+            args.run, dataset=args.dataset, data_dir=args.data_dir, split=args.split, n_way=result["n_way"],
+            k_shot=result["k_shot"], n_query=args.n_query, episodes=args.episodes, seed=args.seed, device=args.device)
     dataset_name, split = result["dataset"], result["split"]
     if args.json:
         _print_json(result)
@@ -264,6 +270,10 @@ def cmd_eval(args) -> int:
               f"{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI)")
         for group, part in result.get("by_group", {}).items():
             print(f"  {group}: {100 * part['accuracy']:.2f}% over {part['episodes']} episodes")
+        if "calibration" in result:
+            c = result["calibration"]
+            print(f"  ECE ({c['ece_bins']} bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f} with T = "
+                  f"{c['temperature']:.3f} ({c['temperature_from']['source']})")
     return 0
 
 
@@ -374,17 +384,17 @@ def cmd_compare(args) -> int:
 def cmd_predict(args) -> int:
     import numpy as np
 
-    from lab.predict import Predictor, TaughtSet, digit_support, load_digit_bank, load_model
+    from lab.predict import TaughtSet, digit_support, load_digit_bank, load_predictor
     from lab.preprocess import read_image_file
 
     t0 = time.perf_counter()
-    config, model = load_model(args.run, device="cpu")
+    config, predictor = load_predictor(args.run, device="cpu")
     load_ms = 1000 * (time.perf_counter() - t0)
     if args.taught:
         support = TaughtSet.from_bytes(Path(args.taught).read_bytes()).support()
     else:
         support = digit_support(load_digit_bank(args.support or "auto", args.data_dir), args.k_shot, args.seed)
-    prediction = Predictor(model).predict_bytes(read_image_file(args.image), support)
+    prediction = predictor.predict_bytes(read_image_file(args.image), support)
     result = prediction.to_dict()
     result["timings_ms"]["load_model"] = round(load_ms, 3)
     result.update(model=str(args.run), algorithm=config.algorithm, support=support.source, n_way=support.n_way,
@@ -395,6 +405,23 @@ def cmd_predict(args) -> int:
         t = result["timings_ms"]
         print(f"{result['prediction']} ({100 * result['confidence']:.1f}%) in {t['preprocess'] + t['predict']:.1f} ms "
               f"(+ adapt {t['adapt']:.1f} ms) against {support.n_way} classes from {support.source}")
+        for line in ([f"not sure: {result['reason']}"] if result["unsure"] else []) + result["notes"]:
+            print(f"  {line}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from lab.calibration import calibrate
+
+    result = calibrate(args.run, episodes=args.episodes, n_way=args.n_way, k_shot=args.k_shot, n_query=args.n_query,
+                       seed=args.seed, device=args.device, data_dir=args.data_dir, out=args.out)
+    if args.json:
+        _print_json(result)
+    else:
+        shape = result["fitted_on"]
+        print(f"T = {result['temperature']:.3f} on {shape['episodes']} {shape['n_way']}-way {shape['k_shot']}-shot "
+              f"{shape['dataset']}:val episodes: NLL {result['nll_before']:.4f} -> {result['nll_after']:.4f}, "
+              f"ECE {result['ece_before']:.4f} -> {result['ece_after']:.4f}; written to {result['checkpoint']}")
     return 0
 
 
@@ -575,6 +602,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--protocol", default="episodes", choices=("episodes", "lake"),
                    help="lake: Lake et al.'s 20 runs of 20-way within-alphabet one-shot (mean error rate)")
     q.add_argument("--lake-runs", type=int, default=20, help="lake: the number of runs")
+    q.add_argument("--calibration", action="store_true", help="also the expected calibration error (15 bins) "
+                   "before and after temperature scaling (T from the checkpoint, else fitted on validation episodes)")
     q.set_defaults(func=cmd_eval)
 
     q = sub.add_parser("zoo", help="the model zoo: recipes, training them, shipping and verifying their models")
@@ -618,6 +647,19 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--taught", help="a taught-set file (saved by the Draw page) instead of digits")
     q.set_defaults(func=cmd_predict)
 
+    q = sub.add_parser("calibrate", help="fit a temperature and a doubt rule on the run's validation split and "
+                       "write them into its checkpoint")
+    common(q)
+    q.add_argument("run", help="a run folder or a checkpoint file")
+    q.add_argument("--episodes", type=int, default=200, help="validation episodes to fit on")
+    q.add_argument("--n-way", type=int, default=10, help="classes per episode (the Draw page's 10 digits)")
+    q.add_argument("--k-shot", type=int, default=5)
+    q.add_argument("--n-query", type=int, default=15)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    q.add_argument("--out", help="write a calibrated copy here instead of changing the checkpoint")
+    q.set_defaults(func=cmd_calibrate)
+
     q = sub.add_parser("export", help="write a run's checkpoint without the optimiser state (for assets/)")
     q.add_argument("run", help="a run folder or a checkpoint file")
     q.add_argument("--out", required=True)
@@ -643,7 +685,8 @@ def _parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("bench", help="benchmarks: speed and memory")
     common(q)
-    q.add_argument("what", choices=("data", "algorithms", "clusters", "distributed", "predict"))
+    q.add_argument("what", choices=("data", "algorithms", "clusters", "distributed", "predict", "draw"))
+    q.add_argument("--run", help="draw: the model, as predict names it (default: the shipped one)")
     q.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="algorithms: where to measure")
     q.add_argument("--algorithms", help="algorithms: a comma-separated subset (default: all)")
     q.add_argument("--meta-batch", type=int, help="algorithms: tasks per step (default: 32 on CUDA, 4 elsewhere)")

@@ -122,6 +122,86 @@ def test_a_prediction_reports_probabilities_that_sum_to_one_and_its_timings(pred
     assert {"preprocess", "adapt", "predict"} <= set(p["timings_ms"])
 
 
+# --------------------------------------------------------------------------- doubt
+
+
+def scribble(seed: int) -> bytes:
+    """A tangle of pen strokes across the pad, as the pad sends it: no digit at all."""
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGBA", (280, 280), (255, 255, 255, 255))
+    d = ImageDraw.Draw(im)
+    for _ in range(3):
+        points = [tuple(rng.uniform(20, 260, 2)) for _ in range(12)]
+        d.line(points, fill=(17, 17, 17, 255), width=int(rng.integers(8, 20)), joint="curve")
+    return png(im)
+
+
+def noisy_photo(seed: int) -> bytes:
+    """A photo of nothing in particular: coloured blobs under sensor noise."""
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", (400, 300), tuple(int(v) for v in rng.integers(90, 230, 3)))
+    d = ImageDraw.Draw(im)
+    for _ in range(12):
+        x, y, r = rng.uniform(0, 400), rng.uniform(0, 300), rng.uniform(10, 80)
+        d.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    noisy = np.asarray(im) / 255 + rng.normal(0, 0.1, (300, 400, 3))
+    return png(Image.fromarray((np.clip(noisy, 0, 1) * 255).astype(np.uint8)))
+
+
+@pytest.fixture(scope="module")
+def digit_predictor():
+    from lab.predict import load_predictor
+
+    return load_predictor("default")[1], digit_support(load_digit_bank("mnist"), 5, seed=0)
+
+
+def test_a_scribble_and_a_noisy_photo_come_out_unsure_and_say_why(digit_predictor, mnist):
+    predictor, support = digit_predictor
+    unsure = [predictor.predict_bytes(data, support) for data in [scribble(s) for s in range(10)]]
+    assert sum(p.unsure for p in unsure) >= 8
+    photos = [predictor.predict_bytes(noisy_photo(s), support) for s in range(5)]
+    assert all(p.unsure for p in photos)
+    p = next(p for p in unsure if p.unsure).to_dict()
+    assert p["unsure"] is True and p["reason"] and "\n" not in p["reason"]
+
+
+def test_clean_drawings_of_digits_are_mostly_sure_and_right_when_sure(digit_predictor, mnist):
+    from lab.drawings import draw_digit, mnist_test_digits
+
+    predictor, support = digit_predictor
+    digits, labels = mnist_test_digits(mnist, 100, seed=4)
+    predictions = [predictor.predict_bytes(draw_digit(d, 20), support) for d in digits]
+    sure = [p.top == str(label) for p, label in zip(predictions, labels) if not p.unsure]
+    assert len(sure) >= 80 and np.mean(sure) >= 0.93
+
+
+def test_a_digit_support_sets_doubt_rule_is_chosen_on_held_out_digits_never_its_own(digit_predictor):
+    predictor, support = digit_predictor
+    held, labels = support.validation
+    assert len(held) >= 190 and np.bincount(labels).min() >= 19
+    own = {image.tobytes() for image in support.images}
+    assert not any(image.tobytes() in own for image in held)
+    doubt = predictor.doubt_for(support)
+    logits = predictor.logits(held, support)
+    assert np.mean(logits.max(1) < doubt.min_logit) <= 0.03  # few held-out digits are called far from every class
+    assert 0.0 <= doubt.min_probability < 0.9
+
+
+def test_a_taught_set_has_no_doubt_rule_unless_the_checkpoint_brings_one(predictor):
+    support = taught_circles_and_crosses().support()
+    assert support.validation is None and predictor.doubt_for(support) is None
+    assert not predictor.predict_bytes(symbol("circle", 20), support).unsure
+
+
+def test_an_animated_gif_prediction_says_the_first_frame_was_used(predictor):
+    frames = [Image.open(io.BytesIO(symbol(kind, 3))).convert("P") for kind in ("circle", "cross")]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    p = predictor.predict_bytes(buf.getvalue(), taught_circles_and_crosses().support())
+    assert p.top == "circle" and p.notes == ("the file holds 2 frames: only the first was used",)
+    assert p.to_dict()["notes"] == list(p.notes)
+
+
 def test_a_support_set_missing_a_class_is_refused():
     with pytest.raises(ValueError, match="every one of the 3 classes"):
         SupportSet(np.zeros((2, 28, 28), np.uint8), np.array([0, 2]), ("a", "b", "c"))
@@ -204,6 +284,27 @@ def test_predict_json_names_the_drawn_digit_with_probabilities_and_timings(tmp_p
     assert out["prediction"] == "0" and out["n_way"] == 10 and out["k_shot"] == 5
     assert abs(sum(out["probabilities"].values()) - 1) < 1e-4
     assert {"preprocess", "adapt", "predict", "load_model"} <= set(out["timings_ms"])
+    assert out["unsure"] is False and out["reason"] is None and out["temperature"] == 1.0 and out["notes"] == []
+
+
+def test_predict_json_says_when_it_is_unsure_and_why(tmp_path, capsys):
+    (tmp_path / "scribble.png").write_bytes(noisy_photo(0))
+    status, out, _ = cli(capsys, "predict", "--image", str(tmp_path / "scribble.png"), "--support", "mnist", "--json")
+    out = json.loads(out)
+    assert status == 0 and out["unsure"] is True and "far from every class" in out["reason"]
+    status, out, _ = cli(capsys, "predict", "--image", str(tmp_path / "scribble.png"), "--support", "mnist")
+    assert "not sure: it is far from every class" in out
+
+
+def test_predict_divides_by_the_temperature_a_calibrated_checkpoint_holds(tmp_path, capsys):
+    from lab.calibration import write_calibration
+
+    hot = write_calibration(DEFAULT_MODEL, {"temperature": 3.0}, tmp_path / "hot.pt")
+    (tmp_path / "zero.png").write_bytes(symbol("circle", 5))
+    results = [json.loads(cli(capsys, "predict", "--run", str(run), "--image", str(tmp_path / "zero.png"),
+                              "--support", "digits", "--json")[1]) for run in ("default", hot)]
+    assert results[1]["temperature"] == 3.0 and results[0]["prediction"] == results[1]["prediction"]
+    assert results[1]["confidence"] < results[0]["confidence"]
 
 
 def test_predict_with_a_taught_set_file_names_the_taught_symbol(tmp_path, capsys):
@@ -273,6 +374,37 @@ def test_default_names_the_shipped_model_in_eval(capsys):
                          "--json")
     out = json.loads(out)
     assert status == 0 and out["run"] == "default" and out["dataset"] == "digits" and 0.2 < out["accuracy"] <= 1
+    assert "calibration" not in out
+
+
+def test_eval_with_calibration_reports_the_ece_before_and_after_the_checkpoints_temperature(tmp_path, capsys):
+    from lab.calibration import write_calibration
+
+    cool = write_calibration(DEFAULT_MODEL, {"temperature": 0.5}, tmp_path / "cool.pt")
+    status, out, _ = cli(capsys, "eval", str(cool), "--dataset", "digits", "--n-way", "10", "--k-shot", "1",
+                         "--episodes", "20", "--calibration", "--json")
+    c = json.loads(out)["calibration"]
+    assert status == 0 and c["temperature"] == 0.5 and c["temperature_from"] == {"source": "checkpoint"}
+    assert c["ece_bins"] == 15 and 0 <= c["ece_before"] <= 1 and c["ece_after"] > c["ece_before"]  # T < 1: sharper
+    assert c["nll_after"] > c["nll_before"]
+
+
+def test_calibrate_writes_a_calibrated_copy_and_leaves_the_run_as_it_was(tmp_path, capsys):
+    from lab import runs
+    from lab.config import TrainConfig
+    from lab.training import train
+
+    config = TrainConfig(dataset="digits", n_query=5, steps=3, val_every=3, val_episodes=5)
+    run_dir = runs.create_run(tmp_path, config, "tiny")
+    for _ in train(config, run_dir):
+        pass
+    before = (run_dir / "best.pt").read_bytes()
+    status, out, _ = cli(capsys, "calibrate", str(run_dir), "--episodes", "10", "--out", str(tmp_path / "c.pt"),
+                         "--json")
+    out = json.loads(out)
+    assert status == 0 and (run_dir / "best.pt").read_bytes() == before
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["temperature"] == pytest.approx(out["temperature"])
+    assert out["fitted_on"]["dataset"] == "digits" and out["fitted_on"]["split"] == "val"
 
 
 @pytest.mark.slow
