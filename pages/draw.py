@@ -12,20 +12,21 @@ from lab.algorithms import REGISTRY
 from lab.data import dataset_status
 from lab.predict import (
     MAX_CLASSES, MAX_EXAMPLES, MAX_K_SHOT, MIN_CLASSES, BadTaughtSet, Predictor, TaughtSet, digit_support,
-    load_digit_bank, load_model, montage,
+    load_digit_bank, load_predictor, montage,
 )
-from lab.preprocess import BadImage, BlankImage, preprocess_bytes, to_png
+from lab.preprocess import MAX_UPLOAD_BYTES, BadImage, BlankImage, prepare_bytes, to_png
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
+UPLOAD_MB = MAX_UPLOAD_BYTES // 2**20  # the server takes bigger files (.streamlit/config.toml) so they get a message
 SYMBOLS = ["circle", "cross", "triangle", "wave", "star", "heart", "spiral", "arrow", "check", "square"]
+MAX_SHOWN_NAME = 20  # a symbol's name is at most this long here, so a prediction fits on one line
 PAD = 280
 state = st.session_state
 
 
 @st.cache_resource(show_spinner="Loading the model…")
 def get_predictor(source: str) -> tuple[dict, Predictor]:
-    config, model = load_model(source, device="cpu")
-    predictor = Predictor(model)
+    config, predictor = load_predictor(source, device="cpu")
     predictor.warm_up()
     return config.to_dict(), predictor
 
@@ -45,52 +46,78 @@ def model_choices() -> dict[str, str]:
     return choices
 
 
-def image_input(key: str, hint: str) -> tuple[bytes | None, str]:
-    """A drawing pad or an upload: the image's bytes (None while there is none), and what to ask for meanwhile."""
+def image_input(key: str, hint: str) -> tuple[bytes | None, str, str]:
+    """A drawing pad or an upload: the image's bytes (None while there is none), what to ask for meanwhile,
+    and where the image came from ("pad" or "upload")."""
     how = st.radio("Input", ["Draw", "Upload"], horizontal=True, key=f"{key}-how", label_visibility="collapsed")
     if how == "Upload":
-        file = st.file_uploader(f"Upload {hint} (PNG, JPEG, BMP, GIF or WebP, at most 5 MB)", type=UPLOAD_TYPES,
-                                key=f"{key}-upload")
-        return (file.getvalue() if file is not None else None), f"Upload {hint} first."
+        file = st.file_uploader(f"Upload {hint} (PNG, JPEG, BMP, GIF or WebP, at most {UPLOAD_MB} MB)",
+                                type=UPLOAD_TYPES, key=f"{key}-upload")
+        return (file.getvalue() if file is not None else None), f"Upload {hint} first.", "upload"
     clears = state.setdefault(f"{key}-clears", 0)
     result = st_canvas(stroke_width=state.get(f"{key}-stroke", 20), stroke_color="#111111",
                        background_color="#ffffff", width=PAD, height=PAD, drawing_mode="freedraw",
                        return_image_data=True, key=f"{key}-canvas-{clears}")
-    stroke, clear = st.columns([3, 1], vertical_alignment="bottom")
+    stroke, clear = st.columns([1.5, 1], vertical_alignment="bottom")
     stroke.slider("Stroke width", 6, 40, 20, key=f"{key}-stroke")
     if clear.button("Clear", key=f"{key}-clear", icon=":material/ink_eraser:", width="stretch"):
         clear_pad(key)
         st.rerun()
     objects = (result.json_data or {}).get("objects") or []
-    return (result.image_bytes if objects else None), "Draw something first: the pad is blank."
+    return (result.image_bytes if objects else None), "Draw something first: the pad is blank.", "pad"
+
+
+def refuse(err: BadImage, kind: str, where=st) -> None:
+    """Say in one line why an image cannot be used."""
+    if isinstance(err, BlankImage) and kind == "pad":
+        where.info("Draw something first: the pad is blank.", icon=":material/draw:")
+    elif isinstance(err, BlankImage):
+        where.error("That image is blank: no ink or pen stroke was found on it.", icon=":material/broken_image:")
+    else:
+        where.error(f"That image cannot be used: {err}.", icon=":material/broken_image:")
+
+
+def shown_name(name: str) -> str:
+    return name if len(name) <= MAX_SHOWN_NAME else name[: MAX_SHOWN_NAME - 1] + "…"
 
 
 def clear_pad(key: str) -> None:
     state[f"{key}-clears"] = state.get(f"{key}-clears", 0) + 1
 
 
-def show_prediction(predictor: Predictor, data: bytes | None, support, waiting: str) -> None:
+def show_prediction(predictor: Predictor, data: bytes | None, kind: str, support, waiting: str) -> None:
     if data is None:
         st.info(waiting, icon=":material/draw:")
         return
     try:
         p = predictor.predict_bytes(data, support)
-    except BlankImage:
-        st.info("Draw something first: the pad is blank.", icon=":material/draw:")
-        return
     except BadImage as err:
-        st.error(f"That image cannot be used: {err}", icon=":material/broken_image:")
+        refuse(err, kind)
         return
     seen, top = st.columns([1, 2])
     seen.image(to_png(p.image, scale=5), caption="What the model sees (28×28)")
-    top.markdown(f"<div class='dp-top' style='font-size:5.5rem;font-weight:700;line-height:1.05'>"
-                 f"{html.escape(p.top)}</div>", unsafe_allow_html=True)
-    top.markdown(f"**{p.confidence:.0%}** sure · prediction")
+    name = shown_name(p.top)
+    size = 5.5 if len(name) <= 3 else 3.2 if len(name) <= 8 else 2.0
+    style = (f"font-size:{size}rem;font-weight:700;line-height:1.1;white-space:nowrap;overflow:hidden;"
+             f"text-overflow:ellipsis;color:{'#9ca3af' if p.unsure else 'inherit'}")
+    if p.unsure:
+        top.markdown("<div class='dp-unsure' style='font-size:2.2rem;font-weight:700;color:#b45309;line-height:1.2'>"
+                     "Not sure</div>", unsafe_allow_html=True)
+        top.markdown(f"<div class='dp-top' title='{html.escape(p.top)}' style='{style}'>{html.escape(name)}</div>",
+                     unsafe_allow_html=True)
+        top.markdown(f"a best guess, not an answer: {p.doubt}")
+    else:
+        top.markdown(f"<div class='dp-top' title='{html.escape(p.top)}' style='{style}'>{html.escape(name)}</div>",
+                     unsafe_allow_html=True)
+        top.markdown(f"**{p.confidence:.0%}** sure · prediction")
     adapt = f"adapt {p.adapt_ms:.1f} ms" if p.adapt_ms else "adaptation cached"
     top.caption(f":material/timer: {p.preprocess_ms + p.predict_ms:.1f} ms (preprocess {p.preprocess_ms:.1f} ms, "
                 f"predict {p.predict_ms:.1f} ms) · {adapt}")
-    colours = ["#4f46e5" if name == p.top else "#c7d2fe" for name in p.class_names]
-    fig = go.Figure(go.Bar(x=list(p.probabilities), y=list(p.class_names), orientation="h", marker_color=colours,
+    for note in p.notes:
+        st.info(f"Note: {note}.", icon=":material/info:")
+    names = [shown_name(n) for n in p.class_names]
+    colours = [("#d1d5db" if p.unsure else "#4f46e5") if n == p.top else "#c7d2fe" for n in p.class_names]
+    fig = go.Figure(go.Bar(x=list(p.probabilities), y=names, orientation="h", marker_color=colours,
                            text=[f"{v:.0%}" if v >= 0.005 else "" for v in p.probabilities], textposition="outside",
                            cliponaxis=False))
     fig.update_layout(height=60 + 28 * len(p.class_names), margin=dict(l=10, r=40, t=10, b=10), bargap=0.3,
@@ -129,9 +156,9 @@ if mode == "Digits":
     support = digit_support(get_bank(source), k_shot, state.get("digit-seed", 0))
     pad, result = st.columns([1, 1.4], gap="large")
     with pad:
-        data, waiting = image_input("digit", "a photo or scan of a digit")
+        data, waiting, kind = image_input("digit", "a photo or scan of a digit")
     with result:
-        show_prediction(predictor, data, support, waiting)
+        show_prediction(predictor, data, kind, support, waiting)
     st.subheader("The support set")
     st.caption(f"{k_shot} example(s) of each digit, one row per digit 0–9, from {support.source}: all the model "
                "is shown of digits.")
@@ -155,9 +182,13 @@ if upload is not None and state.get("teach-file-seen") != upload.file_id:
     else:
         state["teach-n"] = len(taught.class_names)
         for i, name in enumerate(taught.class_names):
-            state[f"teach-name-{i}"] = name
+            state[f"teach-name-{i}"] = name[:MAX_SHOWN_NAME].strip()
             examples[i] = list(taught.examples[i])
         saved.success(f"Loaded {len(taught.class_names)} classes.")
+        long = [name for name in taught.class_names if len(name) > MAX_SHOWN_NAME]
+        if long:
+            saved.warning(f"Names here are at most {MAX_SHOWN_NAME} characters: {len(long)} were shortened "
+                          f"(“{long[0]}” is now “{long[0][:MAX_SHOWN_NAME].strip()}”).")
 
 state.setdefault("teach-n", MIN_CLASSES)
 n_classes = st.columns([1, 2])[0].slider("How many symbols", MIN_CLASSES, MAX_CLASSES, key="teach-n")
@@ -165,32 +196,36 @@ name_cols = st.columns(min(n_classes, 5))
 names = []
 for i in range(n_classes):
     state.setdefault(f"teach-name-{i}", SYMBOLS[i])
-    names.append(name_cols[i % 5].text_input(f"Symbol {i + 1}", key=f"teach-name-{i}", max_chars=40).strip())
+    names.append(name_cols[i % 5].text_input(f"Symbol {i + 1}", key=f"teach-name-{i}", max_chars=MAX_SHOWN_NAME,
+                                             help=f"at most {MAX_SHOWN_NAME} characters").strip())
+if any(len(name) >= MAX_SHOWN_NAME for name in names):
+    st.caption(f"A name is at most {MAX_SHOWN_NAME} characters, so that a prediction fits on one line.")
 
 st.subheader("1 · Teach")
 pad, shelf = st.columns([1, 1.4], gap="large")
 with pad:
     which = st.radio("Draw an example of", range(n_classes), format_func=lambda i: names[i] or f"symbol {i + 1}",
                      horizontal=True, key="teach-which")
-    drawing, waiting = image_input("teach", "a drawing of the symbol")
+    drawing, waiting, kind = image_input("teach", "a drawing of the symbol")
     full = len(examples[which]) >= MAX_EXAMPLES
     add, preview = st.columns([2, 1], vertical_alignment="center")
+    read = None
     if drawing is not None:
         try:
-            preview.image(to_png(preprocess_bytes(drawing), scale=2), caption="as the model sees it")
-        except BadImage:
-            pass  # the Add button says why
+            read = prepare_bytes(drawing)
+        except BadImage as err:
+            refuse(err, kind)
+        else:
+            preview.image(to_png(read[0], scale=2), caption="as the model sees it")
+            for note in read[1]:
+                st.caption(f"Note: {note}.")
     if add.button(f"Add to “{names[which]}”", type="primary", icon=":material/add:", disabled=full, key="teach-add"):
-        try:
-            if drawing is None:
-                raise BlankImage(waiting)
-            examples[which].append(preprocess_bytes(drawing))
+        if drawing is None:
+            st.warning(waiting)
+        elif read is not None:  # else the reason is already on the page
+            examples[which].append(read[0])
             clear_pad("teach")
             st.rerun()
-        except BlankImage:
-            st.warning(waiting if drawing is None else "Draw something first: the pad is blank.")
-        except BadImage as err:
-            st.error(f"That image cannot be used: {err}")
     if full:
         st.caption(f"“{names[which]}” has {MAX_EXAMPLES} examples, the most a class takes.")
 with shelf:
@@ -227,6 +262,6 @@ st.success(f"Adapted to {support.n_way} symbols from {len(support.labels)} drawi
 st.subheader("3 · Test")
 pad, result = st.columns([1, 1.4], gap="large")
 with pad:
-    query, waiting = image_input("query", "a drawing of one of your symbols")
+    query, waiting, kind = image_input("query", "a drawing of one of your symbols")
 with result:
-    show_prediction(predictor, query, support, waiting)
+    show_prediction(predictor, query, kind, support, waiting)

@@ -7,6 +7,7 @@ go to ``test-artifacts/``.
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.browser
 @pytest.fixture
 def page(server, browser, request):
     ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
     pg = context.new_page()
     pg.set_default_timeout(TIMEOUT_MS)
     pg.goto(server)
@@ -71,10 +72,50 @@ def draw_cross(pg, surface) -> None:
     stroke(pg, surface, [(0.78 - 0.56 * i / 8, 0.2 + 0.6 * i / 8) for i in range(9)])
 
 
+def circle_points(r: float = 0.33, cx: float = 0.5, cy: float = 0.5, squash: float = 0.75):
+    return [(cx + squash * r * math.sin(t / 24 * 2 * math.pi), cy - r * math.cos(t / 24 * 2 * math.pi))
+            for t in range(26)]
+
+
+DIGITS = {  # strokes of each digit in [0, 1] pad coordinates
+    "0": [circle_points(0.33, squash=0.75)],
+    "2": [[(0.3, 0.3), (0.36, 0.2), (0.5, 0.15), (0.64, 0.2), (0.68, 0.32), (0.62, 0.45), (0.5, 0.57), (0.3, 0.8),
+           (0.72, 0.8)]],
+    "5": [[(0.68, 0.16), (0.36, 0.16), (0.33, 0.46), (0.5, 0.42), (0.66, 0.5), (0.7, 0.66), (0.6, 0.8), (0.44, 0.84),
+           (0.3, 0.78)]],
+    "8": [[(0.5 + 0.18 * math.sin(2 * t / 32 * 2 * math.pi), 0.5 - 0.34 * math.cos(t / 32 * 2 * math.pi))
+           for t in range(34)]],
+}
+ZIGZAG = [(0.15 + 0.7 * (i % 2), 0.15 + 0.7 * i / 9) for i in range(10)]  # no digit at all
+
+
+def set_stroke(pg, width: int) -> None:
+    """Move the pad's stroke-width slider (6 to 40) to ``width`` with the keyboard."""
+    thumb = pg.locator("[data-testid='stSlider']").filter(has_text="Stroke width").get_by_role("slider").first
+    thumb.focus()
+    thumb.press("Home")
+    for _ in range(width - 6):
+        thumb.press("ArrowRight")
+    wait_idle(pg)
+    expect(thumb).to_have_value(str(width))
+
+
+def clear(pg) -> None:
+    pg.get_by_role("button", name="Clear").first.click()
+    pg.get_by_text("Draw something first").wait_for()
+    wait_idle(pg)
+
+
 def prediction(pg) -> str:
     top = pg.locator(".dp-top").last
     top.wait_for()
+    wait_images(pg)
     return top.inner_text().strip()
+
+
+def wait_images(pg) -> None:
+    """Wait until every image on the page has loaded (the 28x28 preview arrives after the prediction's text)."""
+    pg.wait_for_function("() => Array.from(document.images).every(im => im.complete && im.naturalWidth > 0)")
 
 
 def expect(locator):
@@ -99,16 +140,25 @@ def test_drawing_a_digit_with_the_mouse_shows_a_prediction(page):
     page.screenshot(path=ARTIFACTS / "draw-digit-one.png", full_page=True)
 
 
-def test_teaching_two_symbols_gets_the_right_one_back(page):
+def test_teaching_two_symbols_gets_the_right_one_back_and_a_long_name_stays_on_one_line(page):
     page.get_by_text("Teach", exact=True).click()
     page.get_by_text("1 · Teach").wait_for()
     wait_idle(page)
-    for name, draw, variants in (("circle", draw_circle, (0.3, 0.36)), ("cross", draw_cross, (0, 1))):
+    field = page.get_by_role("textbox", name="Symbol 1")
+    field.fill("")
+    field.press_sequentially("a ring drawn with one round stroke")  # 34 characters: the field takes 20
+    field.press("Enter")
+    wait_idle(page)
+    ring = field.input_value()
+    assert ring == "a ring drawn with on"
+    page.get_by_text("A name is at most 20 characters").wait_for()
+    page.screenshot(path=ARTIFACTS / "draw-teach-long-name.png", full_page=True)
+    for name, draw, variants in ((ring, draw_circle, (0.3, 0.36)), ("cross", draw_cross, (0, 1))):
         page.locator("[data-testid='stRadio']").filter(has_text="Draw an example of").get_by_text(name,
                                                                                                   exact=True).click()
         wait_idle(page)
         for i, v in enumerate(variants):
-            if name == "circle":
+            if name == ring:
                 draw(page, pad(page, 0), r=v)
             else:
                 draw(page, pad(page, 0))
@@ -126,8 +176,33 @@ def test_teaching_two_symbols_gets_the_right_one_back(page):
     page.get_by_role("button", name="Clear").last.click()
     expect(page.locator(".dp-top")).to_have_count(0)
     draw_circle(page, pad(page, 1), r=0.34, squash=0.9)
-    assert prediction(page) == "circle"
-    page.screenshot(path=ARTIFACTS / "teach-circle.png", full_page=True)
+    assert prediction(page) == ring
+    top = page.locator(".dp-top").last.bounding_box()
+    assert top["height"] < 60  # one line, not the giant font over many
+    page.screenshot(path=ARTIFACTS / "draw-teach-long-name-predicted.png", full_page=True)
+
+
+@pytest.mark.parametrize("width", [6, 10, 20, 40])
+def test_digits_drawn_with_the_mouse_read_right_at_every_stroke_width(page, width):
+    wait_idle(page)
+    set_stroke(page, width)
+    for digit, strokes in DIGITS.items():
+        for points in strokes:
+            stroke(page, pad(page), points)
+        assert prediction(page) == digit, f"{digit} drawn {width} px wide"
+        expect(page.locator(".dp-unsure")).to_have_count(0)
+        page.screenshot(path=ARTIFACTS / f"draw-width-{width:02d}-digit-{digit}.png", full_page=True)
+        clear(page)
+
+
+def test_a_scribble_shows_the_not_sure_state(page):
+    wait_idle(page)
+    stroke(page, pad(page), ZIGZAG)
+    page.locator(".dp-unsure").wait_for()
+    assert page.locator(".dp-unsure").inner_text().strip() == "Not sure"
+    page.get_by_text("a best guess, not an answer").wait_for()
+    wait_images(page)
+    page.screenshot(path=ARTIFACTS / "draw-scribble-unsure.png", full_page=True)
 
 
 def _digit_photo(tmp_path) -> Path:
@@ -153,3 +228,40 @@ def test_uploading_a_file_shows_its_prediction_and_a_bad_file_a_clear_error(page
     page.get_by_text("not an image").wait_for()
     expect(page.locator(".dp-top")).to_have_count(0)
     page.screenshot(path=ARTIFACTS / "upload-bad.png", full_page=True)
+
+
+def _over_five_mb(tmp_path) -> Path:
+    noise = np.random.default_rng(0).integers(0, 256, (1400, 1400, 3), dtype=np.uint8)
+    path = tmp_path / "noise.png"
+    Image.fromarray(noise).save(path)
+    assert path.stat().st_size > 5 * 2**20
+    return path
+
+
+def test_a_file_over_5_mb_is_refused_on_the_page_and_clears_the_prediction_before_it(page, tmp_path):
+    page.get_by_text("Upload", exact=True).first.click()
+    wait_idle(page)
+    chooser = page.locator("[data-testid='stFileUploader'] input[type='file']").first
+    chooser.set_input_files(str(_digit_photo(tmp_path)))
+    assert prediction(page) == "7"
+    chooser.set_input_files(str(_over_five_mb(tmp_path)))
+    page.locator("[data-testid='stAlert']").filter(has_text="the limit is 5 MB").wait_for()
+    expect(page.locator(".dp-top")).to_have_count(0)
+    page.screenshot(path=ARTIFACTS / "draw-upload-over-5mb.png", full_page=True)
+    tiny = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), "black").save(tiny)
+    chooser.set_input_files(str(tiny))
+    page.locator("[data-testid='stAlert']").filter(has_text="the image is too small (1x1 pixels)").wait_for()
+    expect(page.get_by_text("the pad is blank")).to_have_count(0)
+
+
+def test_an_animated_gif_is_read_from_its_first_frame_and_the_page_says_so(page, tmp_path):
+    page.get_by_text("Upload", exact=True).first.click()
+    wait_idle(page)
+    first = Image.open(_digit_photo(tmp_path)).convert("P")
+    path = tmp_path / "seven.gif"
+    first.save(path, save_all=True, append_images=[Image.new("P", first.size, 255)], duration=100)
+    page.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(str(path))
+    assert prediction(page) == "7"
+    page.get_by_text("only the first was used").wait_for()
+    page.screenshot(path=ARTIFACTS / "draw-upload-gif.png", full_page=True)

@@ -84,6 +84,66 @@ def test_a_bad_upload_shows_a_clear_error_and_the_page_keeps_running(name, data,
     assert top_class(at.run()) == "0"  # and it still predicts afterwards
 
 
+def noisy_photo() -> bytes:
+    rng = np.random.default_rng(0)
+    im = Image.new("RGB", (400, 300), (180, 150, 120))
+    d = ImageDraw.Draw(im)
+    for _ in range(12):
+        x, y, r = rng.uniform(0, 400), rng.uniform(0, 300), rng.uniform(10, 80)
+        d.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    noisy = np.asarray(im) / 255 + rng.normal(0, 0.1, (300, 400, 3))
+    return png(Image.fromarray((np.clip(noisy, 0, 1) * 255).astype(np.uint8)))
+
+
+def animated_zero() -> bytes:
+    frames = [Image.open(io.BytesIO(zero())).convert("P"), Image.new("P", (200, 200), 255)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    return buf.getvalue()
+
+
+def test_a_noisy_photo_is_shown_as_not_sure_with_the_reason():
+    at = upload(page(), "digit", "photo.png", noisy_photo())
+    assert not at.exception and not at.error
+    assert any("dp-unsure" in m.value and "Not sure" in m.value for m in at.markdown)
+    assert any("a best guess, not an answer" in m.value and "far from every class" in m.value for m in at.markdown)
+
+
+def test_a_clean_digit_is_shown_sure_without_the_doubt_state():
+    at = upload(page(), "digit", "zero.png", zero())
+    assert top_class(at) == "0" and not any("dp-unsure" in m.value for m in at.markdown)
+    assert any("sure · prediction" in m.value for m in at.markdown)
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("dot.png", png(Image.new("RGB", (1, 1), "black")), "the image is too small (1x1 pixels)"),
+        ("white.png", png(Image.new("RGB", (200, 200), "white")), "That image is blank"),
+    ],
+    ids=["one-pixel", "blank-upload"],
+)
+def test_an_upload_that_holds_no_digit_says_what_is_wrong_not_that_the_pad_is_blank(name, data, message):
+    at = upload(page(), "digit", name, data)
+    assert not at.exception and any(message in e.value for e in at.error)
+    assert not any("pad is blank" in i.value for i in at.info) and top_class(at) is None
+
+
+def test_a_refused_file_clears_the_prediction_of_the_one_before():
+    at = upload(page(), "digit", "zero.png", zero())
+    assert top_class(at) == "0"
+    at.file_uploader(key="digit-upload").set_value(("big.png", b"\x89PNG" + bytes(5 * 2**20 + 10), "image/png"))
+    at.run()
+    assert any("limit is 5 MB" in e.value for e in at.error) and top_class(at) is None
+    assert not at.get("plotly_chart")
+
+
+def test_an_animated_gif_is_predicted_from_its_first_frame_and_the_page_says_so():
+    at = upload(page(), "digit", "zero.gif", animated_zero())
+    assert top_class(at) == "0"
+    assert any("only the first was used" in i.value for i in at.info)
+
+
 def test_k_and_resampling_change_the_support_set():
     at = page()
     at.slider[0].set_value(1).run()
@@ -131,6 +191,24 @@ def test_teach_mode_loads_a_taught_set_adapts_and_names_a_new_drawing():
     for kind, name in (("cross", "ex"), ("circle", "ring")):
         at = upload(at, "query", f"{kind}.png", _circle_cross(kind, 99))
         assert top_class(at) == name
+
+
+def test_a_long_symbol_name_is_shortened_with_a_message_and_a_prediction_stays_on_one_line():
+    long = "a very long name for a small round symbol"  # 41 characters, more than a file may hold
+    taught = TaughtSet(("ring" * 10, "ex"), tuple(tuple(preprocess_bytes(_circle_cross(k, s)) for s in range(3))
+                                               for k in ("circle", "cross")))
+    at = page()
+    at.sidebar.radio[0].set_value("Teach").run()
+    at.file_uploader(key="teach-file").set_value(("taught.json", taught.to_bytes(), "application/json")).run()
+    assert not at.exception
+    assert at.text_input(key="teach-name-0").value == "ring" * 5
+    assert any("at most 20 characters" in w.value and "shortened" in w.value for w in at.warning)
+    at.text_input(key="teach-name-1").set_value(long[:20]).run()
+    assert any("A name is at most 20 characters" in c.value for c in at.caption)
+    at.button(key="teach-adapt").click().run()
+    at = upload(at, "query", "circle.png", _circle_cross("circle", 99))
+    shown = next(m.value for m in at.markdown if "dp-top" in m.value)
+    assert top_class(at) == "ring" * 5 and "white-space:nowrap" in shown and "font-size:2.0rem" in shown
 
 
 def test_a_malformed_taught_set_shows_an_error_and_keeps_the_page_running():
