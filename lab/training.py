@@ -23,8 +23,8 @@ from lab.config import TrainConfig
 from lab.data import load_dataset
 from lab.device import describe_device, pick_device
 from lab.distributed import average_gradients, current_world, from_main, mean_across, shard
-from lab.episodes import check_request, sample_batch
-from lab.evaluation import meta_test
+from lab.episodes import check_request, sample_batch, sample_episode
+from lab.evaluation import episode_accuracies, mean_ci95
 
 
 class NonFiniteLoss(RuntimeError):
@@ -87,6 +87,85 @@ def _warm_start(model, config: TrainConfig) -> int:
     return int(state.get("step") or 0)
 
 
+class _Pace:
+    """What the run spends on steps, validations and checkpoints, for its ETA and its budget.
+
+    With a minutes budget every validation gets a share of it (a quarter of the budget over the
+    validations the run will make) and the final one the time that is left; training stops early
+    enough to leave that time and a checkpoint's. The rule is checked by the slow budget test in
+    ``tests/test_training.py``.
+    """
+
+    VAL_SHARE = 0.25
+
+    def __init__(self, config: TrainConfig, budget: float, first_step: int):
+        self.config, self.budget, self.first_step = config, budget, first_step
+        self.step_s, self.steps = 0.0, 0
+        self.val_s_per_episode: float | None = None
+        self.checkpoint_s = 0.0
+
+    def add_step(self, seconds: float) -> None:
+        self.step_s += seconds
+        self.steps += 1
+
+    def add_validation(self, seconds: float, episodes: int) -> None:
+        self.val_s_per_episode = seconds / max(episodes, 1)
+
+    @property
+    def per_step(self) -> float | None:
+        return self.step_s / self.steps if self.steps else None
+
+    def validation_s(self) -> float:
+        """The expected time of one full validation (0 before any was timed)."""
+        return (self.val_s_per_episode or 0.0) * self.config.val_episodes
+
+    def validation_cap(self, step: int, elapsed: float, last: bool) -> float:
+        """Seconds the validation at ``step`` may take."""
+        if math.isinf(self.budget):
+            return math.inf
+        left = self.budget - elapsed - self.checkpoint_s
+        if last:
+            return max(left, 0.0)
+        steps = self.config.steps - self.first_step
+        if self.per_step:
+            steps = min(steps, int(self.budget / self.per_step))
+        planned = 1 + steps // self.config.val_every
+        return max(0.0, min(self.VAL_SHARE * self.budget / planned, left))
+
+    def reserve(self) -> float:
+        """Time to keep for the final validation and checkpoint."""
+        share = self.VAL_SHARE * self.budget if not math.isinf(self.budget) else math.inf
+        return min(self.validation_s(), share) + 2 * self.checkpoint_s
+
+    def eta(self, step: int, elapsed: float, sitting_left: float) -> float | None:
+        """Seconds until the run ends: the steps left, the validations still to come, a checkpoint."""
+        if self.per_step is None:
+            return None
+        left = self.config.steps - step
+        vals = left // self.config.val_every + (1 if left % self.config.val_every else 0)
+        eta = left * self.per_step + vals * self.validation_s() + self.checkpoint_s
+        return max(0.0, min(eta, self.budget - elapsed, sitting_left))
+
+
+MIN_VAL_EPISODES = 10
+
+
+def validate(model, pool, config: TrainConfig, device, cap_s: float = math.inf, progress=None) -> dict:
+    """Meta-validation on ``config.val_episodes`` episodes (the same ones at every validation of a
+    run), ending early when ``cap_s`` seconds have passed and at least ``MIN_VAL_EPISODES`` ran."""
+    rng = np.random.default_rng(config.seed + 1)  # episode_stream's episodes, drawn one at a time
+    t0, accs = time.perf_counter(), []
+    while len(accs) < config.val_episodes:
+        ep = sample_episode(pool, config.n_way, config.k_shot, config.n_query, rng)
+        accs.append(episode_accuracies(model, [ep], device)[0])
+        if progress is not None:
+            progress(len(accs), config.val_episodes)
+        if len(accs) >= MIN_VAL_EPISODES and time.perf_counter() - t0 >= cap_s:
+            break
+    accuracy, ci95 = mean_ci95(accs)
+    return {"accuracy": accuracy, "ci95": ci95, "episodes": len(accs), "seconds": time.perf_counter() - t0}
+
+
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False,
           time_limit_s: float | None = None) -> Iterator[dict]:
     """Meta-train ``config``, writing the run folder ``run_dir`` when one is given.
@@ -95,15 +174,28 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
     otherwise a config with ``init_from`` starts from that checkpoint's weights and step count
     (a fresh optimiser, a task stream seeded by the seed and that step), and its first
     meta-validation, before any step, makes the starting weights the best so far.
-    The run ends when ``steps`` or ``minutes`` is reached, or when a stop is requested
-    (``runs.request_stop``, SIGTERM, or ``time_limit_s`` seconds of this call), always with a
-    checkpoint written; a time limit leaves the learning-rate schedule as the steps define it.
+    The run ends when ``steps`` or ``minutes`` is reached (the minutes hold loading, validation
+    and the last checkpoint too), or when a stop is requested (``runs.request_stop``, SIGTERM,
+    or ``time_limit_s`` seconds of this call), always with a checkpoint written; a time limit
+    leaves the learning-rate schedule as the steps define it. ``status.json`` names the phase:
+    loading, training, validating (episodes done of planned), checkpoint, then the final state.
     Under ``torchrun`` the tasks of each outer step are shared out across the processes (see
     ``lab.distributed``); every process yields the records, only rank 0 validates and writes.
     """
+    start = time.perf_counter()
     world = current_world()
     run_dir = Path(run_dir) if run_dir is not None else None
     writer = run_dir if world.is_main else None  # only rank 0 writes the run folder
+    status_at = [0.0]
+
+    def status(phase: str, every_s: float = 0.0, **fields) -> None:
+        if writer and time.perf_counter() - status_at[0] >= every_s:
+            runs.write_status(run_dir, "running", phase=phase, **fields)
+            status_at[0] = time.perf_counter()
+
+    if writer:
+        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+    status("loading", error=None)
     device = pick_device(config.device)
     if device.type == "cuda" and world.distributed:
         device = torch.device("cuda", world.local_rank)
@@ -129,34 +221,43 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
         rng, warm = np.random.default_rng([config.seed, step]), True
     for group in optimizer.param_groups:  # the rate the schedule scales (kept in the optimiser's state)
         group.setdefault("initial_lr", group["lr"])
-    if writer:
-        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
-        runs.write_status(run_dir, "running", step=step, device=describe_device(device)["name"], error=None,
-                          world_size=world.size)
+    budget = config.minutes * 60 if config.minutes else math.inf
+    pace = _Pace(config, budget, step)
+    elapsed_now = lambda: elapsed_before + time.perf_counter() - start  # noqa: E731
+    sitting_left = lambda: math.inf if time_limit_s is None else time_limit_s - (time.perf_counter() - start)  # noqa: E731
+    status("training", step=step, device=describe_device(device)["name"], world_size=world.size)
 
     def checkpoint(path_name: str) -> None:
         if writer:
+            t0 = time.perf_counter()
             runs.save_checkpoint(run_dir / path_name, model, optimizer, config, step=step, best_val=best_val,
-                                 elapsed_s=elapsed_before + time.perf_counter() - start, rng=rng.bit_generator.state)
+                                 elapsed_s=elapsed_now(), rng=rng.bit_generator.state)
+            pace.checkpoint_s = max(pace.checkpoint_s, time.perf_counter() - t0)
 
-    start = time.perf_counter()
-    budget = config.minutes * 60 if config.minutes else math.inf
-    sitting_over = lambda: time_limit_s is not None and time.perf_counter() - start >= time_limit_s  # noqa: E731
+    def run_validation(cap_s: float) -> dict:
+        shown = lambda done, total: status("validating", 1.0, step=step, val_done=done, val_total=total)  # noqa: E731
+        shown(0, config.val_episodes)
+        val = validate(model, val_pool, config, device, cap_s, shown)
+        pace.add_validation(val["seconds"], val["episodes"])
+        return val
+
     if warm and world.is_main:
-        val = meta_test(model, val_pool, config.n_way, config.k_shot, config.n_query, config.val_episodes,
-                        seed=config.seed + 1, device=device)
-        best_val = val["accuracy"]
+        best_val = run_validation(pace.validation_cap(step, elapsed_now(), last=False))["accuracy"]
         checkpoint("best.pt")
+    elif world.is_main:  # one timed episode, so the first ETA and the budget count the validations to come
+        probe = validate(model, val_pool, config.replace(val_episodes=1), device)
+        pace.add_validation(probe["seconds"], probe["episodes"])
     window_loss, window_acc, window_tasks, window_start = 0.0, 0.0, 0, time.perf_counter()
     reason = "finished"
     try:
         with _StopSignal() as signals:
             while True:
-                elapsed = elapsed_before + time.perf_counter() - start
-                stop = signals.raised or (writer is not None and runs.stop_requested(run_dir)) or sitting_over()
-                if from_main(step >= config.steps or elapsed >= budget or stop, world, device):
+                elapsed = elapsed_now()
+                stop = signals.raised or (writer is not None and runs.stop_requested(run_dir)) or sitting_left() <= 0
+                if from_main(step >= config.steps or elapsed + pace.reserve() >= budget or stop, world, device):
                     reason = "stopped" if from_main(stop, world, device) else "finished"
                     break
+                t_step = time.perf_counter()
                 model.train()
                 batch = sample_batch(train_pool, config.way_for_training, config.k_shot, config.n_query,
                                      config.meta_batch, rng, device)
@@ -175,9 +276,13 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
                 window_loss += out.loss.item()
                 window_acc += out.accuracy.item()
                 window_tasks += config.meta_batch
-                last = from_main(step >= config.steps or elapsed_before + time.perf_counter() - start >= budget
-                                 or sitting_over(), world, device)
+                pace.add_step(time.perf_counter() - t_step)
+                elapsed = elapsed_now()
+                last = from_main(step >= config.steps or elapsed + pace.reserve() >= budget or sitting_left() <= 0,
+                                 world, device)
                 if step % config.log_every and step % config.val_every and not last:
+                    status("training", 2.0, step=step, elapsed_s=elapsed, eta_s=pace.eta(step, elapsed, sitting_left()),
+                           progress=min(1.0, max(step / config.steps, elapsed / budget)))
                     continue
                 n = window_tasks / config.meta_batch
                 loss, accuracy = mean_across([window_loss / n, window_acc / n], world, device)
@@ -190,33 +295,35 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
                     **{k: float(v) for k, v in out.extras.items()},
                 }
                 if (step % config.val_every == 0 or last) and world.is_main:
-                    val = meta_test(model, val_pool, config.n_way, config.k_shot, config.n_query,
-                                    config.val_episodes, seed=config.seed + 1, device=device)
-                    record.update(val_accuracy=val["accuracy"], val_ci95=val["ci95"])
+                    val = run_validation(pace.validation_cap(step, elapsed_now(), last))
+                    record.update(val_accuracy=val["accuracy"], val_ci95=val["ci95"], val_episodes=val["episodes"],
+                                  val_s=round(val["seconds"], 3))
+                    status("checkpoint", step=step)
                     if val["accuracy"] > best_val:
                         best_val = val["accuracy"]
                         checkpoint("best.pt")
                     checkpoint("last.pt")
-                elapsed = elapsed_before + time.perf_counter() - start
+                elapsed = elapsed_now()
                 progress = min(1.0, max(step / config.steps, elapsed / budget))
                 record.update(elapsed_s=elapsed, progress=progress, best_val_accuracy=best_val if best_val >= 0 else None,
-                              eta_s=elapsed / max(progress, 1e-9) - elapsed if progress > 0 else None)
+                              eta_s=None if last else pace.eta(step, elapsed, sitting_left()))
                 if writer:
                     runs.append_jsonl(run_dir / "metrics.jsonl", record)
-                    runs.write_status(run_dir, "running", step=step, progress=progress, eta_s=record["eta_s"],
-                                      best_val_accuracy=record["best_val_accuracy"], elapsed_s=elapsed)
+                    status("training", step=step, progress=progress, eta_s=record["eta_s"],
+                           best_val_accuracy=record["best_val_accuracy"], elapsed_s=elapsed)
                 yield record
                 window_loss, window_acc, window_tasks, window_start = 0.0, 0.0, 0, time.perf_counter()
         if best_val < 0 or reason == "stopped":  # a stop before any validation still leaves a best.pt
+            status("checkpoint", step=step)
             if best_val < 0:
                 checkpoint("best.pt")
             checkpoint("last.pt")
     except Exception as err:
         if writer:
-            runs.write_status(run_dir, "failed", step=step, error=f"{type(err).__name__}: {err}")
+            runs.write_status(run_dir, "failed", step=step, phase=None, error=f"{type(err).__name__}: {err}")
         raise
     if writer:
         (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
-        runs.write_status(run_dir, reason, step=step, progress=min(1.0, step / config.steps) if reason == "stopped" else 1.0,
-                          eta_s=None, elapsed_s=elapsed_before + time.perf_counter() - start,
-                          best_val_accuracy=best_val if best_val >= 0 else None)
+        runs.write_status(run_dir, reason, step=step, phase=None,
+                          progress=min(1.0, step / config.steps) if reason == "stopped" else 1.0,
+                          eta_s=None, elapsed_s=elapsed_now(), best_val_accuracy=best_val if best_val >= 0 else None)

@@ -145,3 +145,90 @@ def test_invalid_configs_name_the_field(field, value, message):
 def test_confidence_interval_is_196_standard_errors():
     mean, half = mean_ci95([0.0, 1.0] * 50)
     assert mean == 0.5 and half == pytest.approx(1.96 * torch.tensor([0.0, 1.0] * 50).std().item() / 10)
+
+
+def test_the_status_names_each_phase_in_order(tmp_path, monkeypatch):
+    written = []
+    write_status = runs.write_status
+
+    def recording(run_dir, state, **fields):
+        written.append((state, fields.get("phase", written[-1][1] if written else None)))
+        return write_status(run_dir, state, **fields)
+
+    monkeypatch.setattr(runs, "write_status", recording)
+    config = TrainConfig(dataset="digits", steps=20, val_every=10, val_episodes=20, log_every=5, n_query=5)
+    run_dir = runs.create_run(tmp_path, config, "phases")
+    list(train(config, run_dir))
+    phases = [phase for state, phase in written if state == "running"]
+    order = [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
+    assert order == ["loading", "training", "validating", "checkpoint", "training", "validating", "checkpoint",
+                     "training"]
+    assert written[-1] == ("finished", None) and runs.read_status(run_dir).get("phase") is None
+
+
+def test_a_validation_ends_early_when_its_time_is_up_but_runs_a_few_episodes(omniglot):
+    from lab.algorithms import build
+    from lab.training import MIN_VAL_EPISODES, validate
+
+    config = short_omniglot(val_episodes=300)
+    model = build(config)
+    capped = validate(model, omniglot.pool("val"), config, "cpu", cap_s=0.0)
+    assert capped["episodes"] == MIN_VAL_EPISODES
+    full = validate(model, omniglot.pool("val"), config.replace(val_episodes=30), "cpu")
+    assert full["episodes"] == 30 and full["seconds"] > 0
+    # the same episodes as a meta-test with the run's validation seed
+    again = meta_test(model, omniglot.pool("val"), 5, 1, 5, 30, seed=config.seed + 1)
+    assert full["accuracy"] == pytest.approx(again["accuracy"])
+
+
+def test_a_minutes_budget_holds_validation_and_the_last_checkpoint(tmp_path):
+    import time
+
+    config = TrainConfig(dataset="digits", steps=100_000, minutes=0.1, val_every=50, val_episodes=100_000,
+                         log_every=10, n_query=5)
+    run_dir = runs.create_run(tmp_path, config, "budget")
+    t0 = time.perf_counter()
+    records = list(train(config, run_dir))
+    wall = time.perf_counter() - t0
+    assert wall < 6 + 15  # the budget, plus the slack allowed to budgets under two minutes
+    validated = [r for r in records if "val_accuracy" in r]
+    assert validated and all(r["val_episodes"] < 100_000 and r["val_s"] >= 0 for r in validated)
+    assert "val_accuracy" in records[-1] and runs.read_status(run_dir)["state"] == "finished"
+
+
+def test_the_eta_after_five_steps_is_within_a_factor_of_two_of_the_time_left(tmp_path):
+    import time
+
+    config = TrainConfig(dataset="digits", steps=60, val_every=20, val_episodes=60, log_every=5, n_query=5)
+    seen = {}
+    for record in train(config, runs.create_run(tmp_path, config, "eta")):
+        seen[record["step"]] = (record["eta_s"], time.perf_counter())
+    eta, at = seen[5]
+    left = seen[60][1] - at
+    assert left / 2 <= eta <= 2 * left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("busy", [0, 2], ids=["quiet", "two-busy-processes"])
+@pytest.mark.parametrize("algorithm", ["protonet", "maml", "fomaml", "anil", "metasgd", "learned-opt", "reptile",
+                                       "metanet"])
+def test_a_one_minute_run_ends_within_its_budget_from_launch_to_last_checkpoint(tmp_path, algorithm, busy):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, require
+
+    require("omniglot-py")
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    try:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "lab", "train", "--algorithm", algorithm, "--dataset", "omniglot",
+                        "--n-query", "5", "--minutes", "1", "--steps", "100000", "--runs-dir", str(tmp_path),
+                        "--name", "one-minute"], cwd=ROOT, check=True, capture_output=True, timeout=600)
+        wall = time.perf_counter() - t0
+    finally:
+        for p in burners:
+            p.kill()
+    assert wall <= 60 + 15, f"{algorithm}: {wall:.0f} s for a one-minute budget"
+    assert runs.read_status(tmp_path / "one-minute")["state"] == "finished"
