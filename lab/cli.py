@@ -60,8 +60,9 @@ def cmd_datasets(args) -> int:
 
 def _config_from_args(args):
     from lab.config import TrainConfig
+    from lab.zoo import recipe_defaults
 
-    hparams = json.loads(args.hparams) if args.hparams else {}
+    hparams = json.loads(args.hparams) if args.hparams else None
     fields = {
         "algorithm": args.algorithm, "dataset": args.dataset, "data_dir": args.data_dir,
         "split_scheme": args.split_scheme, "n_way": args.n_way, "k_shot": args.k_shot, "n_query": args.n_query,
@@ -70,7 +71,12 @@ def _config_from_args(args):
         "device": args.device, "val_every": args.val_every, "val_episodes": args.val_episodes,
         "log_every": args.log_every, "hparams": hparams,
     }
-    return TrainConfig(**{k: v for k, v in fields.items() if v is not None})
+    given = {k: v for k, v in fields.items() if v is not None}
+    taken = {k: v for k, v in recipe_defaults(args.algorithm, args.dataset).items() if k not in given}
+    if taken:
+        print(f"from the {args.algorithm} recipe of the zoo: "
+              + ", ".join(f"{k} {json.dumps(v)}" for k, v in taken.items()), file=sys.stderr)
+    return TrainConfig(**{**taken, **given})
 
 
 def _drive(config, run_dir: Path, resume: bool, world) -> int:
@@ -550,8 +556,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--split-scheme", help="the dataset's class split (omniglot: vinyals, background, small1, small2)")
     q.add_argument("--n-way", type=int, default=5)
     q.add_argument("--k-shot", type=int, default=1)
-    q.add_argument("--n-query", type=int, default=15)
-    q.add_argument("--train-way", type=int, help="classes per training task (default: --n-way)")
+    q.add_argument("--n-query", type=int, help="queries per class (default: the algorithm's zoo recipe, else 15)")
+    q.add_argument("--train-way", type=int, help="classes per training task (default: --n-way, or the recipe's "
+                   "on its dataset)")
     q.add_argument("--meta-batch", type=int)
     q.add_argument("--meta-lr", type=float)
     q.add_argument("--lr-schedule", choices=LR_SCHEDULES,

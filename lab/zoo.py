@@ -122,6 +122,20 @@ def machine() -> str:
 # --------------------------------------------------------------------------- training
 
 
+RECIPE_DEFAULTS = ("n_query", "meta_batch", "meta_lr", "lr_schedule", "hparams")
+
+
+def recipe_defaults(algorithm: str, dataset: str) -> dict:
+    """The settings a new run of ``algorithm`` starts from: those of its zoo recipe (queries, meta-batch,
+    rates, schedule, hyper-parameters; the training way too on the recipe's own dataset)."""
+    rec = recipes().get(algorithm)
+    if rec is None:
+        return {}
+    config = rec.config.to_dict()
+    names = RECIPE_DEFAULTS + (("train_way",) if dataset == rec.config.dataset else ())
+    return {k: config[k] for k in names if config[k] is not None and config[k] != {}}
+
+
 def recipe_config(name: str, device: str = "auto", steps: int | None = None) -> TrainConfig:
     """The recipe's config, starting from the shipped model when there is one."""
     rec = recipe(name)

@@ -134,3 +134,13 @@ def test_shipping_a_run_of_another_recipe_is_refused(tiny_zoo):
     list(train(config.replace(steps=2), run_dir))
     with pytest.raises(ValueError, match="differs in meta_lr"):
         zoo.ship("tiny", run_dir)
+
+
+def test_train_starts_from_the_recipe_settings_and_what_is_given_wins(tmp_path, capsys, omniglot):
+    assert main(["train", "--algorithm", "protonet", "--dataset", "omniglot", "--steps", "1", "--val-episodes", "5",
+                 "--meta-lr", "0.002", "--runs-dir", str(tmp_path), "--name", "defaults"]) == 0
+    config = json.loads((tmp_path / "defaults" / "config.json").read_text())
+    rec = zoo.recipe("protonet").config
+    assert (config["train_way"], config["n_query"], config["lr_schedule"]) == (rec.train_way, rec.n_query,
+                                                                              rec.lr_schedule)
+    assert config["meta_lr"] == 0.002 and "from the protonet recipe" in capsys.readouterr().err
