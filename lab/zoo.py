@@ -206,6 +206,19 @@ def ship(name: str, run_dir) -> dict:
     return manifest
 
 
+def shipped() -> list[dict]:
+    """The models the zoo ships, for the pages' choices: ``source`` (``zoo:NAME``), a label, the manifest."""
+    out = []
+    for name, rec in recipes().items():
+        m = read_manifest(name)
+        if m:
+            val = f", {100 * m['val_accuracy']:.1f}% validation" if m.get("val_accuracy") is not None else ""
+            out.append({"source": f"{runs.ZOO_PREFIX}{name}", "name": name, "algorithm": rec.config.algorithm,
+                        "label": f"Zoo: {name} ({rec.summary.split(':')[0].split(',')[0]}; step {m['step']}{val})",
+                        "manifest": m})
+    return out
+
+
 def status() -> list[dict]:
     """One row per recipe: what is shipped, how far it trained, and what was last measured."""
     rows = []

@@ -8,7 +8,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from lab import runs
+from lab import runs, zoo
 from lab.clustering import (
     EMBEDDINGS, SOURCES, agreement, cluster_table, elbow_k, embed_tasks, find_clustered_runs, fit_feature_map, kmeans,
     launch_clustered, load_source, project, scan_k, suggest_k, untrained_model,
@@ -66,7 +66,7 @@ def accuracies(path: str, stamp: float, source: str, n_tasks: int, folder: str |
 
 
 def stamp_of(path: str) -> float:
-    checkpoint = Path(path) / "best.pt"
+    checkpoint = runs.resolve_source(path) if path.startswith(runs.ZOO_PREFIX) else Path(path) / "best.pt"
     return checkpoint.stat().st_mtime if checkpoint.exists() else 0.0
 
 
@@ -85,7 +85,8 @@ st.write("Tasks are embedded as vectors, grouped with **K-means**, and checked a
          "tasks routed to its centroid.")
 
 runs_dir = runs.default_runs_dir()
-bases = [r for r in runs.list_runs(runs_dir) if r["algorithm"] != "clustered" and r["status"] != "failed"]
+bases = [{"name": z["source"], "path": z["source"]} for z in zoo.shipped()]  # the zoo's encoders first
+bases += [r for r in runs.list_runs(runs_dir) if r["algorithm"] != "clustered" and r["status"] != "failed"]
 with st.sidebar:
     st.header("Tasks")
     choice = st.selectbox("Run (its encoder embeds the tasks)", [UNTRAINED, *(r["name"] for r in bases)],

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
-from lab import runs
+from lab import runs, zoo
 from lab.algorithms import REGISTRY
 from lab.data import dataset_status
 from lab.predict import (
@@ -37,8 +37,9 @@ def get_bank(source: str):
 
 
 def model_choices() -> dict[str, str]:
-    """Label -> source: the shipped model, then every run that has a checkpoint."""
+    """Label -> source: the shipped model, the zoo's models, then every run that has a checkpoint."""
     choices = {"Shipped: Prototypical Network meta-trained on Omniglot": "default"}
+    choices.update({z["label"]: z["source"] for z in zoo.shipped()})
     for r in runs.list_runs(runs.default_runs_dir()):
         folder = Path(r["path"])
         if (folder / "best.pt").exists() or (folder / "last.pt").exists():

@@ -144,3 +144,12 @@ def test_train_starts_from_the_recipe_settings_and_what_is_given_wins(tmp_path, 
     assert (config["train_way"], config["n_query"], config["lr_schedule"]) == (rec.train_way, rec.n_query,
                                                                               rec.lr_schedule)
     assert config["meta_lr"] == 0.002 and "from the protonet recipe" in capsys.readouterr().err
+
+
+def test_cluster_experts_can_start_from_a_zoo_model_named_as_such(tiny_zoo):
+    from lab.clustering import clustered_config
+
+    list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=2))
+    config = clustered_config("zoo:tiny", k=2, source="mixed")
+    assert config.hparams["base"] == "zoo:tiny" and config.dataset == "digits"
+    assert [z["source"] for z in zoo.shipped()] == ["zoo:tiny"]

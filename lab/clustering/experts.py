@@ -58,10 +58,15 @@ def clustered_config(base: str | Path, k: int = 3, source: str = "mixed", embedd
     from lab import runs
     from lab.config import TrainConfig
 
-    base = Path(base)
-    base_config = runs.read_json(base / "config.json") if base.is_dir() else None
-    if not base_config or not (base / "best.pt").exists() and not (base / "last.pt").exists():
-        raise ValueError(f"base: {base} is not a trained run folder (config.json and best.pt)")
+    if str(base).startswith(runs.ZOO_PREFIX):  # a zoo model: named as such, never by its path
+        base_config = runs.load_checkpoint(runs.resolve_source(base))["config"]
+        base_name = str(base)
+    else:
+        base = Path(base)
+        base_config = runs.read_json(base / "config.json") if base.is_dir() else None
+        if not base_config or not (base / "best.pt").exists() and not (base / "last.pt").exists():
+            raise ValueError(f"base: {base} is not a trained run folder (config.json and best.pt)")
+        base_name = _base_name(base)
     if base_config["algorithm"] == "clustered":
         raise ValueError("base: give the run of a global meta-learner, not of another clustered model")
     values = {
@@ -71,7 +76,7 @@ def clustered_config(base: str | Path, k: int = 3, source: str = "mixed", embedd
         "val_every": 25, "val_episodes": 300,
     }
     values.update({key: value for key, value in fields.items() if value is not None})
-    values["hparams"] = {**(hparams or {}), "base": str(base.resolve()), "k": k, "source": source,
+    values["hparams"] = {**(hparams or {}), "base": base_name, "k": k, "source": source,
                          "embedding": embedding, "base_algorithm": base_config["algorithm"],
                          "base_hparams": base_config.get("hparams", {})}
     if values["hparams"].get("folder"):
@@ -205,13 +210,18 @@ def train_clustered(config, run_dir: str | Path | None = None) -> Iterator[dict]
                           base_val_accuracy=base_val, cluster_sizes=sizes, expert_steps=kept_steps)
 
 
+def _base_name(base: str | Path) -> str:
+    """How a clustered run records its base: ``zoo:NAME`` as it is, a run folder by its full path."""
+    return str(base) if str(base).startswith("zoo:") else str(Path(base).resolve())
+
+
 def find_clustered_runs(runs_dir: str | Path, base: str | Path, source: str, embedding: str, k: int,
                         folder: str | None = None) -> list[dict]:
     """The clustered runs of ``runs_dir`` made from ``base`` with this source (and image folder), embedding
     and K, newest first."""
     from lab import runs
 
-    wanted = {"base": str(Path(base).resolve()), "source": source, "embedding": embedding, "k": k,
+    wanted = {"base": _base_name(base), "source": source, "embedding": embedding, "k": k,
               "folder": str(Path(folder).expanduser().resolve()) if folder else None}
     found = []
     for row in runs.list_runs(runs_dir):
@@ -231,13 +241,14 @@ def launch_clustered(base: str | Path, k: int, source: str, embedding: str, runs
     """
     from lab import runs
 
-    runs_dir, base = Path(runs_dir).resolve(), Path(base).resolve()
+    runs_dir, base = Path(runs_dir).resolve(), _base_name(base)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    name = name or f"clustered-{base.name[:32]}-{source}-k{k}-{datetime.now():%Y%m%d-%H%M%S}"
+    stem = base.replace(":", "-") if base.startswith("zoo:") else Path(base).name
+    name = name or f"clustered-{stem[:32]}-{source}-k{k}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = runs.run_path(runs_dir, name)
     if run_dir.exists():
         raise ValueError(f"a run named {name!r} already exists in {runs_dir}")
-    command = [sys.executable, "-m", "lab", "train", "--algorithm", "clustered", "--base", str(base), "--k", str(k),
+    command = [sys.executable, "-m", "lab", "train", "--algorithm", "clustered", "--base", base, "--k", str(k),
                "--source", source, "--embedding", embedding, "--n-query", "5", "--runs-dir", str(runs_dir),
                "--name", name, "--hparams", json.dumps({"tasks": tasks, **(
                    {"folder": str(Path(folder).expanduser().resolve())} if folder else {})})]
