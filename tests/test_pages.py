@@ -383,3 +383,21 @@ def test_a_run_being_validated_shows_the_episodes_done_of_planned(runs_dir):
     assert texts[1].startswith("Meta-validating: 2 of 5 episodes")
     assert len(live_specs(at)) == 4  # the curves are in place before their first point
     assert "first point at step 1" in json.dumps(live_specs(at)[0])
+
+
+def test_the_runs_page_compares_a_run_with_a_zoo_model_on_the_same_episodes(two_runs, monkeypatch, tmp_path):
+    zoo_dir = tmp_path / "zoo"
+    zoo_dir.mkdir()
+    runs.export_model(two_runs[1][0], zoo_dir / "protonet.pt")  # a digits model standing in as zoo:protonet
+    (zoo_dir / "protonet.json").write_text(json.dumps({"step": 6, "val_accuracy": 0.5}))
+    monkeypatch.setenv("LAB_ZOO_DIR", str(zoo_dir))
+    monkeypatch.setenv("LAB_RUNS_DIR", str(two_runs[0]))
+    at = open_page("runs")
+    at.multiselect(key="overlay").set_value(["pair-b"]).run()
+    at.multiselect(key="cmp.zoo").set_value(["zoo:protonet"]).run()
+    at.number_input(key="cmp.episodes").set_value(40).run()
+    button(at, "Compare on the same test episodes").click().run()
+    table = at.dataframe[1].value
+    assert list(table["Run"]) == ["pair-b", "zoo:protonet"]
+    # zoo:protonet holds pair-a's weights, so it differs from pair-b as pair-a does
+    assert table.iloc[1, 3] == pytest.approx(table["Test accuracy"][1] - table["Test accuracy"][0])

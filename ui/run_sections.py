@@ -12,7 +12,7 @@ from urllib.parse import urlencode, urlsplit
 import pandas as pd
 import streamlit as st
 
-from lab import jobs, runs
+from lab import jobs, runs, zoo
 from lab.evaluation import compare_runs, evaluate_run
 from ui.charts import SHORT, difference_figure, internals_figure, overlay_figure
 from ui.formats import duration, percent, percent_column, progress_bar
@@ -110,11 +110,18 @@ def overlay_section(rows: list[dict]) -> list[str]:
 def compare_section(rows: list[dict], chosen: list[str]) -> None:
     """The chosen runs on the same test episodes: accuracy ± CI each, and paired differences."""
     paths = {r["name"]: r["path"] for r in rows}
+    shipped = [z["source"] for z in zoo.shipped()]
+    with_zoo = st.multiselect("Zoo models to compare with", shipped, key="cmp.zoo", disabled=not shipped,
+                              placeholder="Add models of the zoo" if shipped else "The zoo ships no model yet",
+                              help="Models the lab trained to their papers' figures, met on the same episodes.")
+    paths.update({z: z for z in with_zoo})
+    chosen = [*chosen, *with_zoo]
     c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
     episodes = c1.number_input("Test episodes", min_value=20, max_value=10000, value=600, step=100, key="cmp.episodes")
     seed = c2.number_input("Episode seed", min_value=0, value=0, step=1, key="cmp.seed")
     if c3.button("Compare on the same test episodes", icon=":material/compare_arrows:", disabled=len(chosen) < 2,
-                 help="Choose two runs or more above. The first chosen run is the reference."):
+                 help="Choose two runs or more above (or a run and zoo models). The first chosen run is the "
+                      "reference; its dataset and task shape are used for all."):
         try:
             with progress_bar(f"Meta-testing {len(chosen)} runs on the same {episodes:,} episodes") as progress:
                 st.session_state["comparison"] = compare_runs([paths[n] for n in chosen], episodes=int(episodes),
