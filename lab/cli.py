@@ -69,7 +69,7 @@ def _config_from_args(args):
         "train_way": args.train_way, "meta_batch": args.meta_batch, "meta_lr": args.meta_lr,
         "lr_schedule": args.lr_schedule, "steps": args.steps, "minutes": args.minutes, "seed": args.seed,
         "device": args.device, "val_every": args.val_every, "val_episodes": args.val_episodes,
-        "log_every": args.log_every, "hparams": hparams,
+        "log_every": args.log_every, "hparams": hparams, "augment": args.augment,
     }
     given = {k: v for k, v in fields.items() if v is not None}
     taken = {k: v for k, v in recipe_defaults(args.algorithm, args.dataset).items() if k not in given}
@@ -567,6 +567,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--minutes", type=float, help="wall-clock budget; with --steps, whichever ends first")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    q.add_argument("--augment", action="store_true", default=None,
+                   help="small random affine changes and stroke thickness on the training images")
     q.add_argument("--val-every", type=int)
     q.add_argument("--val-episodes", type=int)
     q.add_argument("--log-every", type=int)

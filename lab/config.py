@@ -35,6 +35,7 @@ class TrainConfig:
     val_episodes: int = 200  # episodes per meta-validation
     log_every: int = 10  # outer steps between metric lines
     hparams: dict = field(default_factory=dict)  # the algorithm's own hyper-parameters
+    augment: bool = False  # small random affine changes and stroke thickness on training images (lab.augment)
     init_from: str | None = None  # a checkpoint (or zoo:NAME) whose weights and step count the run starts from
 
     def __post_init__(self):
@@ -59,6 +60,8 @@ class TrainConfig:
             raise ValueError(f"meta_lr: must be positive, not {self.meta_lr}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule: must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
+        if not isinstance(self.augment, bool):
+            raise ValueError(f"augment: must be true or false, not {self.augment!r}")
         if self.minutes is not None and not self.minutes > 0:
             raise ValueError(f"minutes: must be positive, not {self.minutes}")
         # Filling in the algorithm's defaults validates its hyper-parameters too.

@@ -19,6 +19,7 @@ import torch
 
 from lab import runs
 from lab.algorithms import build
+from lab.augment import augment_episode, step_generator
 from lab.config import TrainConfig
 from lab.data import load_dataset
 from lab.device import describe_device, pick_device
@@ -261,6 +262,8 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
                 model.train()
                 batch = sample_batch(train_pool, config.way_for_training, config.k_shot, config.n_query,
                                      config.meta_batch, rng, device)
+                if config.augment:
+                    batch = augment_episode(batch, step_generator(config.seed, step))
                 out = model.outer_loss(shard(batch, world))
                 if not torch.isfinite(out.loss):
                     raise NonFiniteLoss(f"the loss became {out.loss.item()} at step {step + 1}")
