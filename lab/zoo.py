@@ -31,7 +31,8 @@ from lab.episodes import episode_stream
 
 RECIPES_FILE = Path(__file__).with_name("recipes.json")
 TASKS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
-FLOOR_KINDS = (*TASKS, "lake_error", "beats_sgd")
+TRANSFER = {"mnist:10w1s": ("mnist", 10, 1), "mnist:10w5s": ("mnist", 10, 5)}  # all of another dataset's classes
+FLOOR_KINDS = (*TASKS, *TRANSFER, "lake_error", "beats_sgd")
 MAX_MODEL_BYTES = 2 * 2**20
 MAX_ZOO_BYTES = 20 * 2**20
 # Fields a run may change without leaving its recipe: the budget, where it runs, what it starts from.
@@ -63,8 +64,8 @@ def recipes() -> dict[str, Recipe]:
         if unknown:
             raise ValueError(f"recipe {name}: unknown floor(s) {', '.join(sorted(unknown))}")
         tasks = tuple(entry.get("tasks", TASKS))
-        if set(tasks) - set(TASKS):
-            raise ValueError(f"recipe {name}: unknown task(s) {', '.join(sorted(set(tasks) - set(TASKS)))}")
+        if set(tasks) - set(TASKS) - set(TRANSFER):
+            raise ValueError(f"recipe {name}: unknown task(s) {', '.join(sorted(set(tasks) - set(TASKS) - set(TRANSFER)))}")
         out[name] = Recipe(name, entry["summary"], entry.get("paper", ""), TrainConfig(**entry["config"]),
                            entry.get("published", {}), entry.get("floors", {}), tasks)
     return out
@@ -270,8 +271,12 @@ def verify_model(name: str, episodes: int = 1000, device: str = "auto", lake_run
         rows.append(_row(name, "lake_error", 100 * result["error"], 100 * result["ci95"], rec.floors["lake_error"],
                          rec.published.get("lake_error"), higher_is_better=False, episodes=lake_runs))
     for task in rec.tasks:
-        n_way, k_shot = TASKS[task]
-        result = meta_test(model, pool, n_way, k_shot, 15, episodes, seed=0, device=torch_device)
+        if task in TRANSFER:
+            dataset, n_way, k_shot = TRANSFER[task]
+            task_pool = load_dataset(dataset).pool("all")
+        else:
+            (n_way, k_shot), task_pool = TASKS[task], pool
+        result = meta_test(model, task_pool, n_way, k_shot, 15, episodes, seed=0, device=torch_device)
         rows.append(_row(name, task, 100 * result["accuracy"], 100 * result["ci95"], rec.floors.get(task),
                          rec.published.get(task), episodes=episodes))
     if rec.floors.get("beats_sgd"):

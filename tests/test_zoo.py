@@ -19,7 +19,8 @@ TINY = {
     "config": {"algorithm": "protonet", "dataset": "digits", "n_way": 5, "k_shot": 1, "n_query": 5,
                "meta_batch": 2, "meta_lr": 0.001, "lr_schedule": "cosine", "steps": 6, "val_every": 3,
                "val_episodes": 10, "log_every": 1},
-    "published": {"5w1s": 99.0}, "floors": {"5w1s": 101.0}, "tasks": ["5w1s", "5w5s"],
+    "published": {"5w1s": 99.0}, "floors": {"5w1s": 101.0, "mnist:10w1s": 0.0},
+    "tasks": ["5w1s", "5w5s", "mnist:10w1s"],
 }
 
 
@@ -124,6 +125,7 @@ def test_verify_fails_a_row_under_its_floor_and_a_recipe_that_is_not_shipped(tin
     by_task = {r["task"]: r for r in rows}
     assert by_task["5w1s"]["passed"] is False  # a floor of 101% cannot be met
     assert by_task["5w5s"]["passed"] is None  # no floor: reported, not judged
+    assert by_task["mnist:10w1s"]["passed"] is True and by_task["mnist:10w1s"]["value"] > 10  # all ten digits
     assert zoo.read_manifest("tiny")["measured"]["5w1s"]["episodes"] == 10
     assert "| tiny | 5w1s | 99.0 |" in zoo.markdown_table(rows)
 
