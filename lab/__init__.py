@@ -5,7 +5,3 @@ pages. Nothing in this package imports streamlit.
 """
 
 __version__ = "0.1.0"
-
-from lab.device import keep_freed_memory
-
-keep_freed_memory()  # process-wide, before any tensor is made: see its docstring
