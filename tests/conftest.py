@@ -23,6 +23,7 @@ def _cache_and_data(tmp_path_factory):
     os.environ.setdefault("LAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     os.environ.setdefault("LAB_DATA_DIR", str(_data_root()))
     os.environ.setdefault("LAB_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
+    os.environ.setdefault("LAB_ZOO_DIR", str(tmp_path_factory.mktemp("zoo")))  # tests choose what the zoo holds
     yield
 
 

@@ -266,8 +266,10 @@ def test_bad_clustering_requests_give_one_clear_line(args, message, capsys, tmp_
 # --------------------------------------------------------------------------- the Task Clusters page
 
 
-def clusters_page(runs_dir, monkeypatch, **state) -> AppTest:
+def clusters_page(runs_dir, monkeypatch, zoo_dir=None, **state) -> AppTest:
+    """The page on ``runs_dir``, with the zoo of ``zoo_dir`` (default: an empty one, so the runs decide)."""
     monkeypatch.setenv("LAB_RUNS_DIR", str(runs_dir))
+    monkeypatch.setenv("LAB_ZOO_DIR", str(zoo_dir or Path(runs_dir) / "no-zoo"))
     at = AppTest.from_file(str(ROOT / "pages" / "clusters.py"), default_timeout=300)
     at.session_state["n_tasks"] = 100
     for key, value in state.items():
@@ -283,6 +285,18 @@ def test_the_clusters_page_works_with_an_untrained_encoder_before_any_run(tmp_pa
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["ARI"]) > 0.5 and metrics["Tasks"] == "100"
     assert len(at.dataframe[0].value) == 3  # K starts at the number of true groups
+
+
+def test_a_zoo_model_is_the_clusters_pages_first_choice_of_encoder(clustered_run, monkeypatch, tmp_path):
+    _, run_dir, _ = clustered_run
+    zoo_dir = tmp_path / "zoo"
+    zoo_dir.mkdir()
+    runs.export_model(run_dir.parent / "base", zoo_dir / "protonet-background.pt")
+    (zoo_dir / "protonet-background.json").write_text(json.dumps({"step": 1}))
+    at = clusters_page(run_dir.parent, monkeypatch, zoo_dir=zoo_dir)
+    assert not at.exception and not at.error
+    assert at.sidebar.selectbox(key="run").value == "zoo:protonet-background"
+    assert "base" in at.sidebar.selectbox(key="run").options
 
 
 def test_the_clusters_page_controls_redraw_the_clusters_and_show_the_experts(clustered_run, monkeypatch):

@@ -155,3 +155,15 @@ def test_cluster_experts_can_start_from_a_zoo_model_named_as_such(tiny_zoo):
     config = clustered_config("zoo:tiny", k=2, source="mixed")
     assert config.hparams["base"] == "zoo:tiny" and config.dataset == "digits"
     assert [z["source"] for z in zoo.shipped()] == ["zoo:tiny"]
+
+
+def test_the_shipped_zoo_is_whole_and_within_its_size_caps(monkeypatch):
+    monkeypatch.setenv("LAB_ZOO_DIR", str(runs.ASSETS / "zoo"))
+    models = sorted((runs.ASSETS / "zoo").glob("*.pt"))
+    assert sum(p.stat().st_size for p in models) <= zoo.MAX_ZOO_BYTES
+    for path in models:
+        assert path.stem in zoo.recipes() and path.stat().st_size <= zoo.MAX_MODEL_BYTES
+        manifest = zoo.check_model(path.stem)  # sha256 and a model the lab can build
+        config, _ = runs.load_model(f"zoo:{path.stem}")
+        assert manifest["step"] > 0 and config.algorithm == zoo.recipe(path.stem).config.algorithm
+        assert '": "/' not in json.dumps(manifest)  # no absolute path of the machine that trained it
