@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lab import runs
 from lab.config import TrainConfig
-from lab.data import load_dataset
+from lab.data import SPLIT_SCHEMES, load_dataset
 from lab.device import describe_device, pick_device
 from lab.evaluation import episode_accuracies, meta_test, paired_comparison
 from lab.episodes import episode_stream
@@ -167,7 +167,10 @@ def _start_step(config: TrainConfig) -> int:
 
 
 def _check_fits(rec: Recipe, config: TrainConfig) -> None:
-    mine, theirs = rec.config.to_dict(), config.to_dict()
+    def settled(c: TrainConfig) -> dict:  # no split scheme is the dataset's default one
+        return c.to_dict() | {"split_scheme": c.split_scheme or SPLIT_SCHEMES[c.dataset][0]}
+
+    mine, theirs = settled(rec.config), settled(config)
     differ = [k for k in mine if k not in FREE_FIELDS and mine[k] != theirs.get(k)]
     if differ:
         raise ValueError(f"that run is not recipe {rec.name}'s: it differs in {', '.join(differ)}")
