@@ -236,7 +236,9 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
             pace.checkpoint_s = max(pace.checkpoint_s, time.perf_counter() - t0)
 
     def run_validation(cap_s: float) -> dict:
-        shown = lambda done, total: status("validating", 1.0, step=step, val_done=done, val_total=total)  # noqa: E731
+        def shown(done: int, total: int) -> None:  # at the start, then at most once a second
+            status("validating", 1.0 if done else 0.0, step=step, val_done=done, val_total=total)
+
         shown(0, config.val_episodes)
         val = validate(model, val_pool, config, device, cap_s, shown)
         pace.add_validation(val["seconds"], val["episodes"])

@@ -96,8 +96,9 @@ def set_stroke(pg, width: int) -> None:
     thumb.press("Home")
     for _ in range(width - 6):
         thumb.press("ArrowRight")
-    wait_idle(pg)
     expect(thumb).to_have_value(str(width))
+    pg.wait_for_timeout(1000)  # the last key's rerun remounts the pad: let it come before drawing
+    wait_idle(pg)
 
 
 def clear(pg) -> None:
