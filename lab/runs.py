@@ -55,9 +55,10 @@ def run_path(runs_dir: str | os.PathLike, name: str) -> Path:
     return path
 
 
-def create_run(runs_dir: str | os.PathLike, config, name: str | None = None) -> Path:
-    """Make a new run folder holding ``config``; a taken default name gets a numeric suffix."""
-    stem = name or f"{config.algorithm}-{config.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+def create_run(runs_dir: str | os.PathLike, config, name: str | None = None, stem: str | None = None) -> Path:
+    """Make a new run folder holding ``config``: named ``name`` (refused when taken), else ``stem`` (default:
+    algorithm, dataset and time) with a numeric suffix when taken."""
+    stem = name or stem or f"{config.algorithm}-{config.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
     Path(runs_dir).mkdir(parents=True, exist_ok=True)
     path = run_path(runs_dir, stem)
     if name and path.exists():

@@ -153,12 +153,8 @@ def train(name: str, minutes: float | None = None, runs_dir=None, device: str = 
 
     config = recipe_config(name, device, steps)
     check_config(config)
-    runs_dir = Path(runs_dir or runs.default_runs_dir())
-    stem = f"zoo-{name}-{datetime.now():%Y%m%d-%H%M%S}"
-    taken = {p.name for p in runs_dir.glob(f"{stem}*")}
-    run_name = next(f"{stem}-{n}" if n > 1 else stem for n in range(1, len(taken) + 2)
-                    if (f"{stem}-{n}" if n > 1 else stem) not in taken)
-    run_dir = runs.create_run(runs_dir, config, run_name)
+    run_dir = runs.create_run(runs_dir or runs.default_runs_dir(), config,
+                              stem=f"zoo-{name}-{datetime.now():%Y%m%d-%H%M%S}")
     yield {"run_dir": str(run_dir), "from_step": _start_step(config)}
     yield from train_run(config, run_dir, time_limit_s=60 * minutes if minutes else None)
     yield {"manifest": ship(name, run_dir)}
