@@ -746,15 +746,18 @@ def main(argv: list[str] | None = None) -> int:
     from lab.distributed import shutdown
 
     args = _parser().parse_args(argv)
+    clean = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        clean = True
+        return code
     except (ValueError, DatasetUnavailable, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     finally:
-        shutdown()
+        shutdown(clean)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -109,6 +109,11 @@ def broadcast_object(obj, world: World):
     return box[0]
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group. After a clean finish every process first waits for the others,
+    so that none closes its connections while a peer still reads from them (Gloo aborts a
+    process whose peer hangs up mid-read); after an error it leaves at once."""
     if dist.is_available() and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

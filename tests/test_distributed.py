@@ -68,6 +68,13 @@ def lab(*args, torchrun: int = 0, **popen):
                             stderr=subprocess.PIPE, text=True, **popen)
 
 
+def workers_said(err: str) -> str:
+    """What the worker processes printed, before torchrun's own report of their failure."""
+    cut = err.find("torch/distributed/elastic")
+    head = err if cut < 0 else err[: err.rfind("\n", 0, cut) + 1]
+    return head[-3000:] or err[-3000:]
+
+
 def children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -91,7 +98,7 @@ def test_parameters_after_training_with_torchrun_equal_a_single_process(tmp_path
     one = lab(*train_args(tmp_path, "one", 3))
     for proc in (two, one):
         _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-2000:]
+        assert proc.returncode == 0, workers_said(err)
     a = runs.load_checkpoint(tmp_path / "two" / "last.pt")["model"]
     b = runs.load_checkpoint(tmp_path / "one" / "last.pt")["model"]
     start = build(TrainConfig.from_dict(json.loads((tmp_path / "one" / "config.json").read_text()))).state_dict()
@@ -129,7 +136,7 @@ def test_a_killed_torchrun_job_resumes_from_its_checkpoint(tmp_path):
     (run_dir / "config.json").write_text(json.dumps(config))
     resumed = lab("resume", str(run_dir), torchrun=2)
     _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-2000:]
+    assert resumed.returncode == 0, workers_said(err)
     after = [r["step"] for r in runs.read_jsonl(run_dir / "metrics.jsonl")]
     assert after == list(range(1, checkpoint_step + 6))  # lines up to the checkpoint kept, then continued
     assert runs.read_status(run_dir)["state"] == "finished"
