@@ -360,7 +360,8 @@ def bench_clusters(args) -> dict:
     import sklearn.metrics  # noqa: F401
     import torch
 
-    from lab.clustering import EMBEDDINGS, analyse, embed_tasks, load_source, untrained_model
+    from lab.clustering import EMBEDDINGS, analyse, embed_tasks, load_source
+    from lab.experts import untrained_model
 
     source = load_source("mixed", "test", args.data_dir)
     t0 = time.perf_counter()

@@ -23,6 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lab import runs
+from lab.data import load_dataset
+from lab.device import pick_device
+from lab.episodes import check_request, episode_stream
+from lab.evaluation import meta_test_pool
+
 ECE_BINS = 15
 FALSE_ALARMS = 0.02  # the share of meta-validation queries the doubt rule may call unsure on distance alone
 CALIBRATION_WAY, CALIBRATION_SHOT = 10, 5  # the Draw & Predict page's digit task
@@ -171,10 +177,8 @@ def episode_logits(model, episodes, device="cpu") -> tuple[torch.Tensor, torch.T
 
 def checkpoint_file(source: str | os.PathLike) -> Path:
     """The checkpoint file a model name stands for: a run folder's ``best.pt`` (else ``last.pt``), a file,
-    or what :func:`lab.predict.resolve_model` names (``default``)."""
-    from lab.predict import resolve_model
-
-    path = Path(resolve_model(source))
+    or a name :func:`lab.runs.resolve_source` knows (``default``, ``zoo:NAME``)."""
+    path = runs.resolve_source(source)
     if path.is_dir():
         best = path / "best.pt"
         path = best if best.exists() else path / "last.pt"
@@ -185,8 +189,6 @@ def checkpoint_file(source: str | os.PathLike) -> Path:
 
 def validation_pool(config, data_dir=None):
     """The pool of the run's own meta-validation classes."""
-    from lab.data import load_dataset
-
     return load_dataset(config.dataset, data_dir or config.data_dir, config.split_scheme).pool("val")
 
 
@@ -198,8 +200,6 @@ def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int =
     ``n_way`` is lowered to the number of validation classes when there are fewer. Returns the
     temperature, the doubt rule, the NLL and ECE before and after, and the episodes' shape.
     """
-    from lab.episodes import check_request, episode_stream
-
     pool = validation_pool(config, data_dir)
     n_way = min(n_way, len(pool))
     check_request(pool, n_way, k_shot, n_query)
@@ -220,8 +220,6 @@ def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int =
 def write_calibration(path: str | os.PathLike, calibration: dict, out: str | os.PathLike | None = None) -> Path:
     """Add ``"temperature"`` (and ``"doubt"``, ``"calibration"``: how they were fitted) to the checkpoint at
     ``path``, keeping its other keys; written atomically to ``out`` (default: ``path`` itself)."""
-    from lab import runs
-
     checkpoint = runs.load_checkpoint(path)
     checkpoint["temperature"] = float(calibration["temperature"])
     if calibration.get("doubt"):
@@ -237,8 +235,6 @@ def write_calibration(path: str | os.PathLike, calibration: dict, out: str | os.
 
 def read_calibration(path: str | os.PathLike) -> tuple[float, Doubt | None]:
     """The temperature (1.0 when the checkpoint has none) and doubt rule (None) stored in a checkpoint."""
-    from lab import runs
-
     checkpoint = runs.load_checkpoint(path)
     temperature = float(checkpoint.get("temperature", 1.0))
     if not math.isfinite(temperature) or temperature <= 0:
@@ -253,9 +249,6 @@ def calibrate(source, *, episodes: int = CALIBRATION_EPISODES, n_way: int = CALI
     """Fit the temperature and doubt rule of a run (or checkpoint) on its validation split and write them
     into its checkpoint (or into a copy at ``out``). Returns what :func:`fit_on_validation` does, with
     the file written."""
-    from lab import runs
-    from lab.device import pick_device
-
     path = checkpoint_file(source)
     torch_device = pick_device(device)
     config, model = runs.load_model(path, device=torch_device)
@@ -271,16 +264,11 @@ def evaluate_calibration(source, *, dataset: str | None = None, data_dir=None, s
     """ECE (15 bins) and NLL on the test episodes :func:`lab.evaluation.evaluate_run` draws with the same
     arguments, before and after calibration. The temperature is the checkpoint's when it holds one,
     else one fitted on ``val_episodes`` episodes of the run's validation split of the same shape."""
-    from lab import runs
-    from lab.device import pick_device
-    from lab.episodes import check_request, episode_stream
-    from lab.evaluation import _test_pool
-
     path = checkpoint_file(source)
     torch_device = pick_device(device)
     config, model = runs.load_model(path, device=torch_device)
     n_way, k_shot = n_way or config.n_way, k_shot or config.k_shot
-    _, _, pool = _test_pool(config, dataset, data_dir, split)
+    _, _, pool = meta_test_pool(config, dataset, data_dir, split)
     check_request(pool, n_way, k_shot, n_query)
     logits, labels = episode_logits(model, episode_stream(pool, n_way, k_shot, n_query, episodes, seed), torch_device)
     stored, _ = read_calibration(path)

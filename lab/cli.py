@@ -139,7 +139,7 @@ def cmd_train_any(args) -> int:
 
 
 def cmd_train_clustered(args) -> int:
-    from lab.clustering import clustered_config, train_clustered
+    from lab.experts import clustered_config, train_clustered
 
     if not args.base:
         raise ValueError("--algorithm clustered needs --base RUN_DIR, the run the experts start from")
@@ -441,7 +441,7 @@ def cmd_export(args) -> int:
 
 
 def _compare_on_source(args, config_a, model_a, model_b, device) -> int:
-    from lab.clustering import compare_on_source
+    from lab.experts import compare_on_source
 
     result = compare_on_source(model_a, model_b, args.source, args.n_way or config_a.n_way,
                                args.k_shot or config_a.k_shot, args.n_query, args.episodes, args.seed, device,

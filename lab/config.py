@@ -6,6 +6,7 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 
+from lab.algorithms import REGISTRY
 from lab.data import DATASETS
 from lab.device import DEVICE_CHOICES
 
@@ -39,8 +40,6 @@ class TrainConfig:
     init_from: str | None = None  # a checkpoint (or zoo:NAME) whose weights and step count the run starts from
 
     def __post_init__(self):
-        from lab.algorithms import REGISTRY
-
         if self.algorithm not in REGISTRY:
             raise ValueError(f"algorithm: unknown {self.algorithm!r}; choose one of {', '.join(REGISTRY)}")
         if self.dataset not in DATASETS:
@@ -146,8 +145,6 @@ def hparam_fields(algorithm: str) -> list[HparamField]:
     field's validation names; help comes from ``metadata["help"]`` or the comment after the field.
     """
     import typing
-
-    from lab.algorithms import REGISTRY
 
     if algorithm not in REGISTRY:
         raise ValueError(f"algorithm: unknown {algorithm!r}; choose one of {', '.join(REGISTRY)}")

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lab.preprocess import preprocess_image
+
 DATASETS = ("digits", "omniglot", "mnist", "folder")
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 28
@@ -392,8 +394,6 @@ def load_digits(scheme: str | None = None) -> FewShotDataset:
 
 
 def _decode_any(path: str) -> np.ndarray:
-    from lab.preprocess import preprocess_image
-
     with Image.open(path) as im:
         return preprocess_image(im)
 

@@ -6,6 +6,10 @@ import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
+CPU_CHUNK = 96
+"""Images per encoder call on the CPU: calls whose activations stay under about 32 MB are the
+fastest per image there (``python -m lab bench algorithms`` times the alternatives)."""
+
 
 def pick_device(preference: str = "auto") -> torch.device:
     """The device to compute on. ``auto`` prefers CUDA, then MPS, then the CPU.
@@ -52,8 +56,8 @@ def keep_freed_memory(mmap_mb: int = 32, trim_mb: int = 256) -> bool:
     By default every tensor over a few MB is a fresh ``mmap`` whose pages fault in one by one
     when first written, and a freed one is unmapped at once; a training step allocates and
     frees hundreds of such activations. Served from a heap that keeps up to ``trim_mb`` MB
-    of free memory instead, a memory-bound multiply of 12 MB tensors measured 2.5 times faster
-    on a 2-core cloud machine. Returns whether the setting took (False off glibc, e.g. on macOS).
+    of free memory instead, they skip those page faults. Only the lab's own processes ask for
+    this (``lab/__main__.py``); importing the package leaves the allocator alone. Returns whether the setting took (False off glibc, e.g. on macOS).
     """
     import ctypes
     import ctypes.util

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from lab import runs
+from lab.clustering import load_source
+from lab.data import load_dataset
+from lab.device import pick_device
 from lab.episodes import Episode, check_request, episode_stream
 
 Progress = Callable[[int, int], None]  # progress(done, total): called as a long computation advances
@@ -92,10 +97,8 @@ def compare_models(model_a, model_b, pool, n_way: int, k_shot: int, n_query: int
 # --------------------------------------------------------------------------- runs
 
 
-def _test_pool(config, dataset: str | None, data_dir: str | None, split: str | None):
+def meta_test_pool(config, dataset: str | None, data_dir: str | None, split: str | None):
     """The pool a run is meta-tested on: its own dataset's test split, or all classes of another."""
-    from lab.data import load_dataset
-
     name = dataset or config.dataset
     same = name == config.dataset
     data = load_dataset(name, data_dir or (config.data_dir if same else None), config.split_scheme if same else None)
@@ -115,11 +118,6 @@ def evaluate_run(run, *, dataset: str | None = None, data_dir: str | None = None
     dataset is asked for. A run folder records the result in its ``evaluations.jsonl``.
     ``progress(done, episodes)`` is called after each episode.
     """
-    from pathlib import Path
-
-    from lab import runs
-    from lab.device import pick_device
-
     torch_device = pick_device(device)
     config, model = runs.load_model(run, device=torch_device)
     if source is None and dataset is None and config.algorithm == "clustered":
@@ -129,7 +127,7 @@ def evaluate_run(run, *, dataset: str | None = None, data_dir: str | None = None
         result = _meta_test_on_source(model, source, split or "test", data_dir, folder, n_way, k_shot, n_query,
                                       episodes, seed, torch_device, progress)
     else:
-        name, split, pool = _test_pool(config, dataset, data_dir, split)
+        name, split, pool = meta_test_pool(config, dataset, data_dir, split)
         result = meta_test(model, pool, n_way, k_shot, n_query, episodes, seed, torch_device, progress)
         result.pop("per_episode")
         result.update(split=split, dataset=name)
@@ -142,7 +140,6 @@ def evaluate_run(run, *, dataset: str | None = None, data_dir: str | None = None
 def _meta_test_on_source(model, source: str, split: str, data_dir, folder, n_way: int, k_shot: int, n_query: int,
                          episodes: int, seed: int, device, progress: Progress | None = None) -> dict:
     """:func:`meta_test` on the tasks of a task source, with the accuracy of each true group."""
-    from lab.clustering import load_source
 
     tasks = load_source(source, split, data_dir, folder).sample(episodes, n_way, k_shot, n_query, seed)
     accs = episode_accuracies(model, tasks.episodes, device, progress)
@@ -165,17 +162,12 @@ def compare_runs(run_dirs: list, *, n_query: int = 15, episodes: int = 600, seed
     first with the interval of that difference. ``progress(done, episodes * len(run_dirs))`` is
     called after each episode of each run.
     """
-    from pathlib import Path
-
-    from lab import runs
-    from lab.device import pick_device
-
     if len(run_dirs) < 2:
         raise ValueError("compare needs at least two runs")
     torch_device = pick_device(device)
     loaded = [runs.load_model(r, device=torch_device) for r in run_dirs]
     reference = loaded[0][0]
-    name, split, pool = _test_pool(reference, None, None, None)
+    name, split, pool = meta_test_pool(reference, None, None, None)
     check_request(pool, reference.n_way, reference.k_shot, n_query)
     stream = episode_stream(pool, reference.n_way, reference.k_shot, n_query, episodes, seed)
     total = episodes * len(loaded)

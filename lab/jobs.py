@@ -23,6 +23,11 @@ import threading
 from pathlib import Path
 
 from lab import runs
+from lab.config import TrainConfig
+from lab.device import pick_device
+from lab.distributed import World
+from lab.experts import train_clustered
+from lab.training import check_config, train
 
 LOG_FILE = "worker.log"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -78,9 +83,6 @@ def start(runs_dir: str | os.PathLike, config, name: str | None = None, processe
     Every refusal (impossible episodes, missing data, absent device, taken name) is raised as
     ``ValueError`` or ``DatasetUnavailable`` before anything is created.
     """
-    from lab.device import pick_device
-    from lab.training import check_config
-
     check_config(config)
     pick_device(config.device)
     if processes < 1 or config.meta_batch % processes:
@@ -126,11 +128,6 @@ def run_queued(run_dir: str | os.PathLike, world=None):
     its message, including those raised before training starts (a dataset gone missing). Under
     ``torchrun`` (``world``) the launcher is the worker's parent, and rank 0 alone checks and writes.
     """
-    from lab.config import TrainConfig
-    from lab.training import train
-
-    from lab.distributed import World
-
     world = world or World()
     run_dir = Path(run_dir)
     status = runs.read_status(run_dir) if world.is_main else {}
@@ -144,8 +141,6 @@ def run_queued(run_dir: str | os.PathLike, world=None):
         if world.is_main:
             runs.truncate_metrics(run_dir, 0)  # a restart from scratch repeats the steps logged before
         if config.algorithm == "clustered":  # cluster experts fine-tune in minutes: a resume starts them again
-            from lab.clustering import train_clustered
-
             yield from train_clustered(config, run_dir)
         else:
             yield from train(config, run_dir)

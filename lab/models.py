@@ -20,15 +20,13 @@ from torch import nn
 def max_pool_2x2(x: torch.Tensor, gather: bool = False) -> torch.Tensor:
     """2x2 max-pooling of ``(n, C, H, W)``, the same values as ``F.max_pool2d(x, 2)``.
 
-    Outside autograd on a CPU it pools a channels-last copy: PyTorch's CPU kernel for the
-    default layout measured about twice as slow as the copy and the channels-last kernel
-    together (75 images of 64 x 28 x 28). Where gradients flow, the default kernel is used,
-    unless ``gather``: then each window's maximum is located that faster way, outside autograd,
-    and picked out of ``x`` with ``gather``, whose backward (a scatter) and double backward (a
-    gather) are PyTorch's own. The values, the gradients and the choice among equal maxima
-    (the first in the window) are ``max_pool2d``'s; forward, backward and double backward
-    together measured 1.4-1.7x faster on one CPU thread (5 to 75 images of 64 x 28 x 28 and
-    smaller). The lab's functional network (``lab.algorithms.inner``) pools this way; the
+    Outside autograd on a CPU it pools a channels-last copy, PyTorch's faster CPU kernel.
+    Where gradients flow, the default kernel is used, unless ``gather``: then each window's
+    maximum is located that faster way, outside autograd, and picked out of ``x`` with
+    ``gather``, whose backward (a scatter) and double backward (a gather) are PyTorch's own.
+    The values, the gradients and the choice among equal maxima (the first in the window) are
+    ``max_pool2d``'s (``tests/test_algorithms.py`` checks all three against it), at less cost
+    on a CPU. The lab's functional network (``lab.algorithms.inner``) pools this way; the
     module keeps PyTorch's layer.
     """
     if x.device.type == "cpu" and x.dim() == 4 and _plain(x):
@@ -98,3 +96,17 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
+
+
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """Class means: embeddings ``(..., n, d)`` and labels ``(..., n)`` -> ``(..., n_way, d)``."""
+    one_hot = F.one_hot(labels, n_way).to(embeddings.dtype)  # (..., n, n_way)
+    sums = one_hot.transpose(-1, -2) @ embeddings
+    return sums / one_hot.sum(-2).unsqueeze(-1)
+
+
+def proto_logits(queries: torch.Tensor, protos: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
+    """Queries ``(..., q, d)`` against prototypes ``(..., n_way, d)`` -> logits ``(..., q, n_way)``."""
+    if distance == "cosine":
+        return 10.0 * F.normalize(queries, dim=-1) @ F.normalize(protos, dim=-1).transpose(-1, -2)
+    return -torch.cdist(queries, protos).pow(2)

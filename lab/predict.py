@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from lab import runs
-from lab.calibration import Doubt, fit_doubt
+from lab.calibration import Doubt, checkpoint_file, fit_doubt, read_calibration
+from lab.data import dataset_status, load_dataset
 from lab.preprocess import IMAGE_SIZE, normalise_digit, prepare_bytes
 
 DEFAULT_MODEL = runs.DEFAULT_MODEL
@@ -51,8 +52,6 @@ def load_predictor(source: str | Path = "default", device="cpu", **options):
     """(config, :class:`Predictor`) of a model, with the temperature and doubt rule its checkpoint holds
     (T = 1 and no rule of its own when it holds none: see :mod:`lab.calibration`); ``options`` go to
     :class:`Predictor`."""
-    from lab.calibration import checkpoint_file, read_calibration
-
     path = checkpoint_file(source)
     config, model = runs.load_model(path, device=device)
     temperature, doubt = read_calibration(path)
@@ -132,8 +131,6 @@ class DigitBank:
 def load_digit_bank(source: str = "auto", data_dir=None) -> DigitBank:
     """MNIST's training images (``'mnist'``), the bundled digits (``'digits'``), or ``'auto'``: MNIST
     when it is on disk, else the bundled digits."""
-    from lab.data import dataset_status, load_dataset
-
     if source == "auto":
         source = "mnist" if dataset_status(data_dir)["mnist"]["available"] else "digits"
     if source not in DIGIT_SOURCES:

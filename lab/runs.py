@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 
+from lab.algorithms import build
+from lab.config import TrainConfig
+
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_MODEL = ASSETS / "protonet-omniglot.pt"
@@ -225,9 +228,6 @@ def resolve_source(source: str | os.PathLike) -> Path:
 def load_model(source: str | os.PathLike, which: str = "best", device="cpu"):
     """(config, model) from a run folder's ``best.pt``/``last.pt``, a checkpoint file, or a name that
     :func:`resolve_source` knows (``default``, ``zoo:NAME``)."""
-    from lab.algorithms import build
-    from lab.config import TrainConfig
-
     path = resolve_source(source)
     if path.is_dir():
         path = path / f"{which}.pt"

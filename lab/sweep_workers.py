@@ -28,8 +28,10 @@ from optuna.trial import TrialState
 
 from lab import runs
 from lab.config import TrainConfig
+from lab.jobs import PROJECT_ROOT
 from lab.sweep_space import suggest, with_values
 from lab.sweeps import free_run_name, load, one_line, retry_callback, runs_folder, storage_url, sweep_folder, workers
+from lab.training import NonFiniteLoss, train
 
 
 class SweepStopped(RuntimeError):
@@ -74,8 +76,6 @@ def _fail_stale(study) -> None:
 
 def _train_trial(trial, config: TrainConfig, run_dir: Path) -> float:
     """Train the trial's run, reporting each meta-validation; its best is the trial's value."""
-    from lab.training import NonFiniteLoss, train
-
     best, pruned_at = None, None
     try:
         for record in train(config, run_dir):
@@ -160,8 +160,6 @@ def launch(name: str, n_workers: int = 1, runs_dir=None, storage: str | None = N
 
     Each logs to ``<runs_dir>/sweeps/<name>/worker-<pid>.log`` and computes on its share of the CPU cores.
     """
-    from lab.jobs import PROJECT_ROOT
-
     runs_dir = runs_folder(runs_dir).resolve()
     url = storage_url(runs_dir, storage)
     study, definition = load(name, runs_dir, url)

@@ -28,10 +28,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from lab import runs
-from lab.config import TrainConfig
-from lab.sweep_space import check_point, check_space, parse_dimension, with_values
-from lab.sweep_space import describe as describe_dimension
+from lab import jobs, runs
+from lab.algorithms import REGISTRY
+from lab.config import TrainConfig, hparam_fields
+from lab.device import pick_device
+from lab.evaluation import evaluate_run
+from lab.sweep_space import check_point, check_space, describe as describe_dimension, parse_dimension, with_values
+from lab.training import check_config
 
 ATTR, TEST_ATTR, LONGER_ATTR = "sweep", "test", "longer_runs"
 DB_FILE, FOLDER = "sweeps.db", "sweeps"
@@ -164,9 +167,6 @@ def _quiet():
 
 
 def _base_config(algorithm: str, dataset: str, fixed: dict, minutes: float | None, steps: int | None) -> TrainConfig:
-    from lab.algorithms import REGISTRY
-    from lab.config import hparam_fields
-
     if algorithm == "clustered":
         raise ValueError("clustered runs fine-tune experts of a base run: sweep the base algorithm instead")
     if algorithm not in REGISTRY:
@@ -203,9 +203,6 @@ def create(name: str, algorithm: str, space: list, *, dataset: str = "digits", f
     dicts. ``try_first`` points (``{name: value}``) are the first trials, e.g. the defaults.
     Every refusal is a ``ValueError`` (or ``DatasetUnavailable``) raised before anything is written.
     """
-    from lab.device import pick_device
-    from lab.training import check_config
-
     runs.check_name(name)
     if len(name) > 70:
         raise ValueError(f"sweep name {name!r} is too long: at most 70 characters (its runs add a suffix)")
@@ -344,8 +341,6 @@ def test_best(name: str, episodes: int = 1000, seed: int = 0, runs_dir=None, sto
     Refused while trials remain, since the best is not chosen yet; the result is stored in the
     study (``test``) and in the run's ``evaluations.jsonl``.
     """
-    from lab.evaluation import evaluate_run
-
     study, definition = load(name, runs_dir, storage)
     recorded = study.user_attrs.get(TEST_ATTR)
     if recorded:
@@ -367,8 +362,6 @@ def test_best(name: str, episodes: int = 1000, seed: int = 0, runs_dir=None, sto
 
 def train_best(name: str, minutes: float, runs_dir=None, storage: str | None = None) -> Path:
     """Start a run of the best trial's config for ``minutes`` in the background; returns its folder."""
-    from lab import jobs
-
     if not isinstance(minutes, (int, float)) or not minutes > 0:
         raise ValueError(f"minutes must be positive, not {minutes!r}")
     study, _ = load(name, runs_dir, storage)

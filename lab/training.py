@@ -52,7 +52,7 @@ def lr_factor(schedule: str, progress: float) -> float:
     return 1.0
 
 
-class _StopSignal:
+class StopSignal:
     """Turns SIGTERM/SIGINT into a graceful stop request while training runs in the main thread."""
 
     def __init__(self):
@@ -253,7 +253,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
     window_loss, window_acc, window_tasks, window_start = 0.0, 0.0, 0, time.perf_counter()
     reason = "finished"
     try:
-        with _StopSignal() as signals:
+        with StopSignal() as signals:
             while True:
                 elapsed = elapsed_now()
                 stop = signals.raised or (writer is not None and runs.stop_requested(run_dir)) or sitting_left() <= 0

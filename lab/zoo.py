@@ -23,11 +23,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lab import runs
+from lab.algorithms.inner import sgd
 from lab.config import TrainConfig
 from lab.data import SPLIT_SCHEMES, load_dataset
 from lab.device import describe_device, pick_device
-from lab.evaluation import episode_accuracies, meta_test, paired_comparison
 from lab.episodes import episode_stream
+from lab.evaluation import episode_accuracies, meta_test, paired_comparison
+from lab.lake import lake_error
+from lab.training import check_config, train as train_run
 
 RECIPES_FILE = Path(__file__).with_name("recipes.json")
 TASKS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
@@ -148,9 +151,6 @@ def train(name: str, minutes: float | None = None, runs_dir=None, device: str = 
           steps: int | None = None) -> Iterator[dict]:
     """Train recipe ``name`` as a new run (from the shipped model if any), for at most ``minutes`` of
     this sitting, then ship its best checkpoint. Yields the training's records, then the manifest."""
-    from lab.training import check_config
-    from lab.training import train as train_run
-
     config = recipe_config(name, device, steps)
     check_config(config)
     run_dir = runs.create_run(runs_dir or runs.default_runs_dir(), config,
@@ -241,8 +241,6 @@ class _WithSGD:
     """The same model adapting by plain SGD at its ``inner_lr`` for the same number of steps."""
 
     def __init__(self, model):
-        from lab.algorithms.inner import sgd
-
         self.model, self.update = model, sgd(model.hparams.inner_lr)
 
     def eval(self):
@@ -262,8 +260,6 @@ def _row(name: str, task: str, value: float, ci95: float, floor, published, high
 def verify_model(name: str, episodes: int = 1000, device: str = "auto", lake_runs: int = 20) -> tuple[list[dict], dict]:
     """The reproduction rows of one shipped model (values in percent; ``passed`` is None where there is
     no floor), and its manifest with the measurements filled in."""
-    from lab.lake import lake_error
-
     rec, manifest = recipe(name), check_model(name)
     torch_device = pick_device(device)
     config, model = runs.load_model(model_path(name), device=torch_device)

@@ -10,11 +10,12 @@ import streamlit as st
 
 from lab import runs, zoo
 from lab.clustering import (
-    EMBEDDINGS, SOURCES, agreement, cluster_table, elbow_k, embed_tasks, find_clustered_runs, fit_feature_map, kmeans,
-    launch_clustered, load_source, project, scan_k, suggest_k, untrained_model,
+    EMBEDDINGS, SOURCES, agreement, cluster_table, elbow_k, embed_tasks, fit_feature_map, kmeans, load_source, project,
+    scan_k, suggest_k,
 )
 from lab.data import DatasetUnavailable
 from lab.evaluation import episode_accuracies, paired_comparison
+from lab.experts import find_clustered_runs, launch_clustered, untrained_model
 from ui.formats import duration, percent, percent_column, progress_bar
 
 UNTRAINED = "untrained encoder (random weights)"

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lab import runs
-from lab.clustering import embed_tasks, load_source, scan_k, untrained_model
+from lab.clustering import embed_tasks, load_source, scan_k
+from lab.experts import untrained_model
 from lab.config import TrainConfig
 from lab.evaluation import compare_models, compare_runs, episode_accuracies, evaluate_run, meta_test
 from lab.episodes import episode_stream

@@ -149,7 +149,7 @@ def test_train_starts_from_the_recipe_settings_and_what_is_given_wins(tmp_path, 
 
 
 def test_cluster_experts_can_start_from_a_zoo_model_named_as_such(tiny_zoo):
-    from lab.clustering import clustered_config
+    from lab.experts import clustered_config
 
     list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=2))
     config = clustered_config("zoo:tiny", k=2, source="mixed")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lab.algorithms.base import REGISTRY, MetaLearner, Predictor, StepOutput, register
+from lab.clustering import EMBEDDINGS, SOURCES, embed_support
 from lab.episodes import Episode
 
 
@@ -29,8 +30,6 @@ class ClusteredHparams:
     base_hparams: dict = field(default_factory=dict)  # the base's hyper-parameters, read from its run
 
     def __post_init__(self):
-        from lab.clustering import EMBEDDINGS, SOURCES
-
         if not self.base:
             raise ValueError("base: cluster experts start from a trained run; give its folder (--base RUN_DIR)")
         if not isinstance(self.k, int) or self.k < 1:
@@ -99,8 +98,6 @@ class ClusteredLearner(MetaLearner):
 
     def route(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> torch.Tensor:
         """The expert of each task: support sets ``(T, n, 1, H, W)`` (or one ``(n, 1, H, W)``) -> ``(T,)``."""
-        from lab.clustering import embed_support
-
         single = support_x.dim() == 4
         if single:
             support_x, support_y = support_x.unsqueeze(0), support_y.unsqueeze(0)

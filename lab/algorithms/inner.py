@@ -31,6 +31,7 @@ from torch import nn
 
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput
 from lab.episodes import Episode
+from lab.device import CPU_CHUNK
 from lab.models import Conv4, max_pool_2x2
 
 Params = dict[str, torch.Tensor]
@@ -54,20 +55,14 @@ def conv4_features(params: Params, x: torch.Tensor, groups: int = 8) -> torch.Te
     """``lab.models.Conv4`` as a function of its weights (``encoder.blocks.*``): ``(n, 1, H, W) -> (n, d)``.
 
     Pooling comes before the ReLU: max and ReLU commute, so the values and gradients are the
-    module's, on four times fewer elements. (Channels-last layouts were measured faster on
-    the CPU for large batches, but PyTorch's channels-last group norm loses precision, about
-    1e-4 where the default layout keeps 1e-6, so the default layout is kept.)
+    module's, on four times fewer elements. The default memory layout is kept: PyTorch's
+    channels-last group norm is accurate to about 1e-4 where the default layout keeps 1e-6.
     """
     for i in range(4):
         x = F.conv2d(x, params[f"encoder.blocks.{i}.0.weight"], params[f"encoder.blocks.{i}.0.bias"], padding=1)
         x = F.group_norm(x, groups, params[f"encoder.blocks.{i}.1.weight"], params[f"encoder.blocks.{i}.1.bias"])
         x = F.relu(max_pool_2x2(x, gather=True))
     return x.flatten(1)
-
-
-CPU_CHUNK = 96
-"""Images per encoder call on the CPU: larger batches (activations over ~32 MB) were measured
-slower per image than calls of this size."""
 
 
 def encode(params: Params, x: torch.Tensor, groups: int = 8) -> torch.Tensor:
@@ -183,8 +178,7 @@ def task_by_task(model: nn.Module, batch: Episode, task_loss: Callable, workers:
 
     ``task_loss(support_x, support_y, query_x, query_y) -> (loss, correct count)``. Each task's
     meta-gradient is taken as soon as its loss is known, so only one task's graph is alive at a
-    time (on a CPU this measured faster than one graph for the whole batch), and the sum is
-    handed back through :func:`surrogate_loss`.
+    time, and the sum is handed back through :func:`surrogate_loss`.
 
     ``workers > 1`` shares the tasks among that many threads, each computing its tasks with one
     intra-op thread: on a CPU whose operations are small (a 5-image support set), tasks side
@@ -311,8 +305,8 @@ class GradientLearner(MetaLearner):
 
     @property
     def test_steps(self) -> int:
-        """Inner steps when adapting to a new task (default: training's, measured best for MAML;
-        first-order learners gained from more)."""
+        """Inner steps when adapting to a new task (default: training's; each recipe of the zoo
+        names its own)."""
         return self.hparams.test_inner_steps or self.hparams.inner_steps
 
     def task_params(self, n_way: int, detach: bool = False) -> Params:

@@ -56,8 +56,8 @@ class FOMAML(GradientLearner):
 class ANIL(GradientLearner):
     """Only the head adapts, so the encoder runs once per image. Batched (on CUDA), support and
     query of every task go through it together and every task's head adapts at once (the
-    tasks' losses are summed, so each head gets its own task's gradient); on a CPU, where that
-    measured slower, task by task."""
+    tasks' losses are summed, so each head gets its own task's gradient); on a CPU task by task,
+    the faster way there (``python -m lab bench algorithms`` times both)."""
 
     name = "anil"
     summary = "ANIL: MAML with only the classifier head adapted in the inner loop; a meta-learned encoder."

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput, register
 from lab.episodes import Episode
-from lab.models import Conv4
+from lab.models import Conv4, proto_logits, prototypes  # noqa: F401  (the metric of this module)
 
 
 @dataclass(frozen=True)
@@ -23,20 +23,6 @@ class ProtoHparams:
     def __post_init__(self):
         if self.distance not in ("euclidean", "cosine"):
             raise ValueError(f"distance: must be 'euclidean' or 'cosine', not {self.distance!r}")
-
-
-def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
-    """Class means: embeddings ``(..., n, d)`` and labels ``(..., n)`` -> ``(..., n_way, d)``."""
-    one_hot = F.one_hot(labels, n_way).to(embeddings.dtype)  # (..., n, n_way)
-    sums = one_hot.transpose(-1, -2) @ embeddings
-    return sums / one_hot.sum(-2).unsqueeze(-1)
-
-
-def proto_logits(queries: torch.Tensor, protos: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
-    """Queries ``(..., q, d)`` against prototypes ``(..., n_way, d)`` -> logits ``(..., q, n_way)``."""
-    if distance == "cosine":
-        return 10.0 * F.normalize(queries, dim=-1) @ F.normalize(protos, dim=-1).transpose(-1, -2)
-    return -torch.cdist(queries, protos).pow(2)
 
 
 @register

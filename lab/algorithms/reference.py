@@ -18,6 +18,8 @@ from torch.func import functional_call
 
 from lab.algorithms.base import MetaLearner
 from lab.algorithms.inner import HEAD, GradientLearner, Params, mini_batches
+from lab.algorithms.maml import ANIL
+from lab.algorithms.reptile import Reptile, train_shots
 from lab.episodes import Episode
 
 
@@ -38,9 +40,6 @@ def _adapt(model: GradientLearner, params: Params, names: list[str], loss_fn, st
 
 def reference_backward(model: MetaLearner, batch: Episode) -> float:
     """Accumulate ``model``'s meta-gradient over ``batch`` into ``.grad``, task by task; the mean query loss."""
-    from lab.algorithms.maml import ANIL
-    from lab.algorithms.reptile import Reptile
-
     tasks, n_way, total = batch.support_x.shape[0], batch.n_way, 0.0
     for i in range(tasks):
         task = batch.task(i)
@@ -75,8 +74,6 @@ def _maml_task(model: GradientLearner, task: Episode, n_way: int, second_order: 
 
 
 def _reptile_task(model: GradientLearner, task: Episode, n_way: int, tasks: int) -> torch.Tensor:
-    from lab.algorithms.reptile import train_shots
-
     start = model.task_params(n_way)
     params = {k: v.detach().requires_grad_() for k, v in start.items()}
     steps = model.hparams.inner_steps

@@ -12,8 +12,8 @@ and a new task is answered by the expert of its nearest centroid.
   support set's features under the encoder) and ``gradient`` (the gradient of the support loss of the
   meta-learned initialisation). Neither depends on the order or naming of the classes.
 - **K-means**, PCA, t-SNE and the agreement scores all come from scikit-learn.
-- **Cluster experts**: :func:`train_clustered` writes a ``clustered`` run
-  (:class:`lab.algorithms.clustered.ClusteredLearner`).
+This package is the library; training cluster experts from it is :mod:`lab.experts`
+(a ``clustered`` run, answered by :class:`lab.algorithms.clustered.ClusteredLearner`).
 """
 
 from lab.clustering.sources import SOURCES, TaskSet, TaskSource, load_source  # noqa: F401
@@ -22,8 +22,5 @@ from lab.clustering.embeddings import (  # noqa: F401
 )
 from lab.clustering.kmeans import (  # noqa: F401
     FeatureMap, agreement, analyse, cluster_report, cluster_table, elbow_k, fit_feature_map, kmeans, project,
-    scan_k, suggest_k, untrained_model,
-)
-from lab.clustering.experts import (  # noqa: F401
-    clustered_config, compare_on_source, find_clustered_runs, fit_router, launch_clustered, train_clustered,
+    scan_k, suggest_k,
 )

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from lab.clustering.sources import TaskSet
+from lab.device import CPU_CHUNK
+from lab.models import proto_logits, prototypes
 
 EMBEDDINGS = ("representation", "gradient")
 
@@ -54,8 +56,6 @@ def gradient_embedding(model, support_x: torch.Tensor, support_y: torch.Tensor, 
     (so autograd returns per-task gradients), and the conv-weight gradient is the product of the
     per-task output gradient with the unfolded input.
     """
-    from lab.algorithms.protonet import proto_logits, prototypes
-
     encoder = _encoder(model)
     conv, norm = encoder.blocks[-1][0], encoder.blocks[-1][1]
     h = _hidden(encoder, support_x)  # (T, n, C, s, s)
@@ -88,11 +88,9 @@ def embed_support(model, support_x: torch.Tensor, support_y: torch.Tensor, n_way
     """Embed a batch of support sets ``(T, n, 1, H, W)`` by the embedding named ``embedding`` -> ``(T, D)``.
 
     ``chunk`` tasks go through the encoder at a time: by default 250 on an accelerator, and on a
-    CPU as many as make :data:`~lab.algorithms.inner.CPU_CHUNK` images (measured twice as fast
-    as 250 tasks there). ``progress(done, T)`` is called with the tasks embedded after each chunk.
+    CPU as many as make :data:`~lab.device.CPU_CHUNK` images, the CPU's fastest call size.
+    ``progress(done, T)`` is called with the tasks embedded after each chunk.
     """
-    from lab.algorithms.inner import CPU_CHUNK
-
     if embedding not in EMBEDDING_FUNCTIONS:
         raise ValueError(f"embedding: unknown {embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
     fn = EMBEDDING_FUNCTIONS[embedding]

@@ -1,5 +1,5 @@
-"""Cluster experts: fine-tune one copy of a global meta-learner per cluster of tasks, and compare
-models on the tasks of a source.
+"""Cluster experts: fine-tune one copy of a global meta-learner per cluster of tasks (found by the
+library :mod:`lab.clustering`), and compare models on the tasks of a source.
 """
 
 from __future__ import annotations
@@ -19,15 +19,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lab.clustering.embeddings import embed_tasks
-from lab.clustering.kmeans import fit_feature_map, kmeans
-from lab.clustering.sources import TaskSet, load_source
+from lab import runs
+from lab.algorithms import build
+from lab.clustering import TaskSet, embed_tasks, fit_feature_map, kmeans, load_source
+from lab.config import TrainConfig
+from lab.device import describe_device, pick_device
+from lab.evaluation import episode_accuracies, paired_comparison
+from lab.training import NonFiniteLoss, StopSignal
 
 def compare_on_source(model_a, model_b, source: str, n_way: int, k_shot: int, n_query: int = 15,
                       episodes: int = 1000, seed: int = 0, device="cpu", data_dir: str | None = None,
                       folder: str | None = None, split: str = "test") -> dict:
     """Both models on the same ``episodes`` test tasks of ``source``, compared pairwise, overall and per true group."""
-    from lab.evaluation import episode_accuracies, paired_comparison
 
     tasks = load_source(source, split, data_dir, folder).sample(episodes, n_way, k_shot, n_query, seed)
     accs_a = episode_accuracies(model_a, tasks.episodes, device)
@@ -55,8 +58,6 @@ def clustered_config(base: str | Path, k: int = 3, source: str = "mixed", embedd
     meets the same test classes as the base's); ``fields`` override any other setting. By default
     each expert gets 100 fine-tuning steps of 4 tasks at a learning rate of 5e-4, validated every 25.
     """
-    from lab import runs
-    from lab.config import TrainConfig
 
     if str(base).startswith(runs.ZOO_PREFIX):  # a zoo model: named as such, never by its path
         base_config = runs.load_checkpoint(runs.resolve_source(base))["config"]
@@ -108,11 +109,6 @@ def train_clustered(config, run_dir: str | Path | None = None) -> Iterator[dict]
     source's validation split in all), and it keeps its best weights, which may be the base's own.
     The run is saved as ``best.pt``. A stop request ends the fine-tuning early, still saving.
     """
-    from lab import runs
-    from lab.algorithms import build
-    from lab.device import describe_device, pick_device
-    from lab.evaluation import episode_accuracies
-    from lab.training import NonFiniteLoss, _StopSignal
 
     hp = build(config).hparams  # validated
     device = pick_device(config.device)
@@ -139,7 +135,7 @@ def train_clustered(config, run_dir: str | Path | None = None) -> Iterator[dict]
         rng = np.random.default_rng(config.seed)
         budget = config.minutes * 60 / hp.k if config.minutes else math.inf
         kept_steps = []
-        with _StopSignal() as signals:
+        with StopSignal() as signals:
             for c, (expert, share) in enumerate(zip(model.experts, _shares(config.steps, hp.k))):
                 members, cursor, began = rng.permutation(np.flatnonzero(labels == c)), 0, time.perf_counter()
                 mine = [val_tasks.episodes[i] for i in np.flatnonzero(val_labels == c)]
@@ -219,7 +215,6 @@ def find_clustered_runs(runs_dir: str | Path, base: str | Path, source: str, emb
                         folder: str | None = None) -> list[dict]:
     """The clustered runs of ``runs_dir`` made from ``base`` with this source (and image folder), embedding
     and K, newest first."""
-    from lab import runs
 
     wanted = {"base": _base_name(base), "source": source, "embedding": embedding, "k": k,
               "folder": str(Path(folder).expanduser().resolve()) if folder else None}
@@ -239,7 +234,6 @@ def launch_clustered(base: str | Path, k: int, source: str, embedding: str, runs
     Runs ``python -m lab train --algorithm clustered ...``; returns the run folder it will write and
     the process id. Its error output goes to ``.NAME.log`` beside the run folder.
     """
-    from lab import runs
 
     runs_dir, base = Path(runs_dir).resolve(), _base_name(base)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -260,3 +254,8 @@ def launch_clustered(base: str | Path, k: int, source: str, embedding: str, runs
                                    start_new_session=True)
     threading.Thread(target=process.wait, daemon=True).start()  # reap it when it ends
     return run_dir, process.pid
+
+
+def untrained_model(seed: int = 0):
+    """A freshly initialised Prototypical Network (for looking at clusters before any run is trained)."""
+    return build(TrainConfig(algorithm="protonet", seed=seed)).eval()
