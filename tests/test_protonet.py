@@ -42,7 +42,7 @@ def test_prototypes_are_class_means():
 
 def test_protonet_is_registered_and_adapts_to_any_number_of_ways(digits):
     model = build(TrainConfig(algorithm="protonet"))
-    assert "protonet" in REGISTRY
+    assert REGISTRY["protonet"] is type(model) and model.name == "protonet"
     ep = sample_episode(digits.pool("test"), 12, 1, 2, np.random.default_rng(0))
     logits = model.adapt(ep.support_x, ep.support_y, 12)(ep.query_x)
     assert logits.shape == (24, 12)
