@@ -5,19 +5,13 @@ library :mod:`lab.clustering`), and compare models on the tasks of a source.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lab import runs
 from lab.algorithms import build
@@ -25,7 +19,6 @@ from lab.clustering import TaskSet, embed_tasks, fit_feature_map, kmeans, load_s
 from lab.config import TrainConfig
 from lab.device import describe_device, pick_device
 from lab.evaluation import episode_accuracies, paired_comparison
-from lab.training import NonFiniteLoss, StopSignal
 
 def compare_on_source(model_a, model_b, source: str, n_way: int, k_shot: int, n_query: int = 15,
                       episodes: int = 1000, seed: int = 0, device="cpu", data_dir: str | None = None,
@@ -109,101 +102,96 @@ def train_clustered(config, run_dir: str | Path | None = None) -> Iterator[dict]
     source's validation split in all), and it keeps its best weights, which may be the base's own.
     The run is saved as ``best.pt``. A stop request ends the fine-tuning early, still saving.
     """
+    with runs.Sitting(run_dir) as sitting:
+        yield from _fine_tune(config, sitting)
 
+
+def _fine_tune(config, sitting: runs.Sitting) -> Iterator[dict]:
+    """The body of :func:`train_clustered`, inside its sitting."""
     hp = build(config).hparams  # validated
     device = pick_device(config.device)
-    run_dir = Path(run_dir) if run_dir is not None else None
+    run_dir = sitting.run_dir
     data_root = config.data_dir if config.dataset != "folder" else None
     start, step, reason = time.perf_counter(), 0, "finished"
     elapsed = lambda: time.perf_counter() - start  # noqa: E731
+    sitting.status(None, step=0, device=describe_device(device)["name"], error=None)
+    _, base = runs.load_model(hp.base, device=device)
+    tasks = load_source(hp.source, "train", data_root, hp.folder).sample(
+        hp.tasks, config.n_way, config.k_shot, config.n_query, config.seed)
+    val_tasks = load_source(hp.source, "val", data_root, hp.folder).sample(
+        config.val_episodes, config.n_way, config.k_shot, config.n_query, config.seed + 1)
+    model = build(config).to(device)
+    for net in (model.base, *model.experts):
+        net.load_state_dict(base.state_dict())
+    labels = fit_router(model, base, tasks, config.seed)
+    sizes = np.bincount(labels, minlength=hp.k).tolist()
+    val_batch = val_tasks.batch()
+    val_labels = model.route(val_batch.support_x, val_batch.support_y, config.n_way).numpy()
+    rng = np.random.default_rng(config.seed)
+    budget = config.minutes * 60 / hp.k if config.minutes else math.inf
+    kept_steps = []
+    for c, (expert, share) in enumerate(zip(model.experts, _shares(config.steps, hp.k))):
+        members, cursor, began = rng.permutation(np.flatnonzero(labels == c)), 0, time.perf_counter()
+        mine = [val_tasks.episodes[i] for i in np.flatnonzero(val_labels == c)]
+        score = lambda: float(episode_accuracies(expert, mine, device).mean()) if mine else 0.0  # noqa: E731
+        best, best_state, best_step = score(), copy.deepcopy(expert.state_dict()), 0  # the base itself
+        optimizer = expert.configure_optimizer(config.meta_lr)
+        window = []
+        for s in range(share if len(members) else 0):
+            if sitting.stop_requested:
+                reason = "stopped"
+                break
+            if time.perf_counter() - began >= budget:
+                break
+            idx = members[(cursor + np.arange(config.meta_batch)) % len(members)]
+            cursor += config.meta_batch
+            expert.train()
+            out = expert.outer_loss(tasks.batch(idx).to(device))
+            runs.check_finite(out.loss, step + 1, f"the loss of expert {c}")
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            step += 1
+            sitting.step = step
+            window.append((out.loss.item(), out.accuracy.item()))
+            validate = (s + 1) % config.val_every == 0 or s == share - 1
+            if step % config.log_every and not validate:
+                continue
+            progress = min(1.0, step / config.steps)
+            record = {"step": step, "expert": c, "cluster_size": sizes[c],
+                      "loss": float(np.mean([w[0] for w in window])),
+                      "accuracy": float(np.mean([w[1] for w in window])),
+                      "elapsed_s": elapsed(), "progress": progress,
+                      "eta_s": elapsed() / max(progress, 1e-9) - elapsed()}
+            if validate:
+                record["val_accuracy"] = score()
+                if record["val_accuracy"] > best:
+                    best, best_step = record["val_accuracy"], s + 1
+                    best_state = copy.deepcopy(expert.state_dict())
+            window = []
+            if run_dir is not None:
+                runs.append_jsonl(run_dir / "metrics.jsonl", record)
+            sitting.status(None, step=step, progress=progress, eta_s=record["eta_s"],
+                           elapsed_s=record["elapsed_s"])
+            yield record
+        expert.load_state_dict(best_state)
+        kept_steps.append(best_step)
+        if reason == "stopped":
+            break
+    model.eval()
+    val_accuracy = float(episode_accuracies(model, val_tasks.episodes, device).mean())
+    base_val = float(episode_accuracies(base, val_tasks.episodes, device).mean())
+    record = {"step": step, "val_accuracy": val_accuracy, "base_val_accuracy": base_val,
+              "best_val_accuracy": val_accuracy, "cluster_sizes": sizes, "expert_steps": kept_steps,
+              "elapsed_s": elapsed(), "progress": 1.0, "eta_s": 0.0}
     if run_dir is not None:
-        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
-        runs.write_status(run_dir, "running", step=0, device=describe_device(device)["name"], error=None)
-    try:
-        _, base = runs.load_model(hp.base, device=device)
-        tasks = load_source(hp.source, "train", data_root, hp.folder).sample(
-            hp.tasks, config.n_way, config.k_shot, config.n_query, config.seed)
-        val_tasks = load_source(hp.source, "val", data_root, hp.folder).sample(
-            config.val_episodes, config.n_way, config.k_shot, config.n_query, config.seed + 1)
-        model = build(config).to(device)
-        for net in (model.base, *model.experts):
-            net.load_state_dict(base.state_dict())
-        labels = fit_router(model, base, tasks, config.seed)
-        sizes = np.bincount(labels, minlength=hp.k).tolist()
-        val_batch = val_tasks.batch()
-        val_labels = model.route(val_batch.support_x, val_batch.support_y, config.n_way).numpy()
-        rng = np.random.default_rng(config.seed)
-        budget = config.minutes * 60 / hp.k if config.minutes else math.inf
-        kept_steps = []
-        with StopSignal() as signals:
-            for c, (expert, share) in enumerate(zip(model.experts, _shares(config.steps, hp.k))):
-                members, cursor, began = rng.permutation(np.flatnonzero(labels == c)), 0, time.perf_counter()
-                mine = [val_tasks.episodes[i] for i in np.flatnonzero(val_labels == c)]
-                score = lambda: float(episode_accuracies(expert, mine, device).mean()) if mine else 0.0  # noqa: E731
-                best, best_state, best_step = score(), copy.deepcopy(expert.state_dict()), 0  # the base itself
-                optimizer = expert.configure_optimizer(config.meta_lr)
-                window = []
-                for s in range(share if len(members) else 0):
-                    if signals.raised or (run_dir is not None and runs.stop_requested(run_dir)):
-                        reason = "stopped"
-                        break
-                    if time.perf_counter() - began >= budget:
-                        break
-                    idx = members[(cursor + np.arange(config.meta_batch)) % len(members)]
-                    cursor += config.meta_batch
-                    expert.train()
-                    out = expert.outer_loss(tasks.batch(idx).to(device))
-                    if not torch.isfinite(out.loss):
-                        raise NonFiniteLoss(f"the loss of expert {c} became {out.loss.item()} at step {step + 1}")
-                    optimizer.zero_grad(set_to_none=True)
-                    out.loss.backward()
-                    optimizer.step()
-                    step += 1
-                    window.append((out.loss.item(), out.accuracy.item()))
-                    validate = (s + 1) % config.val_every == 0 or s == share - 1
-                    if step % config.log_every and not validate:
-                        continue
-                    progress = min(1.0, step / config.steps)
-                    record = {"step": step, "expert": c, "cluster_size": sizes[c],
-                              "loss": float(np.mean([w[0] for w in window])),
-                              "accuracy": float(np.mean([w[1] for w in window])),
-                              "elapsed_s": elapsed(), "progress": progress,
-                              "eta_s": elapsed() / max(progress, 1e-9) - elapsed()}
-                    if validate:
-                        record["val_accuracy"] = score()
-                        if record["val_accuracy"] > best:
-                            best, best_step = record["val_accuracy"], s + 1
-                            best_state = copy.deepcopy(expert.state_dict())
-                    window = []
-                    if run_dir is not None:
-                        runs.append_jsonl(run_dir / "metrics.jsonl", record)
-                        runs.write_status(run_dir, "running", step=step, progress=progress, eta_s=record["eta_s"],
-                                          elapsed_s=record["elapsed_s"])
-                    yield record
-                expert.load_state_dict(best_state)
-                kept_steps.append(best_step)
-                if reason == "stopped":
-                    break
-        model.eval()
-        val_accuracy = float(episode_accuracies(model, val_tasks.episodes, device).mean())
-        base_val = float(episode_accuracies(base, val_tasks.episodes, device).mean())
-        record = {"step": step, "val_accuracy": val_accuracy, "base_val_accuracy": base_val,
-                  "best_val_accuracy": val_accuracy, "cluster_sizes": sizes, "expert_steps": kept_steps,
-                  "elapsed_s": elapsed(), "progress": 1.0, "eta_s": 0.0}
-        if run_dir is not None:
-            runs.save_checkpoint(run_dir / "best.pt", model, None, config, step=step, best_val=val_accuracy,
-                                 base_val=base_val, cluster_sizes=sizes, expert_steps=kept_steps, elapsed_s=elapsed())
-            runs.append_jsonl(run_dir / "metrics.jsonl", record)
-        yield record
-    except Exception as err:
-        if run_dir is not None:
-            runs.write_status(run_dir, "failed", step=step, error=f"{type(err).__name__}: {err}")
-        raise
-    if run_dir is not None:
-        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
-        runs.write_status(run_dir, reason, step=step, progress=1.0 if reason == "finished" else step / config.steps,
-                          eta_s=None, elapsed_s=elapsed(), best_val_accuracy=val_accuracy,
-                          base_val_accuracy=base_val, cluster_sizes=sizes, expert_steps=kept_steps)
+        runs.save_checkpoint(run_dir / "best.pt", model, None, config, step=step, best_val=val_accuracy,
+                             base_val=base_val, cluster_sizes=sizes, expert_steps=kept_steps, elapsed_s=elapsed())
+        runs.append_jsonl(run_dir / "metrics.jsonl", record)
+    yield record
+    sitting.finish(reason, step=step, progress=1.0 if reason == "finished" else step / config.steps,
+                   eta_s=None, elapsed_s=elapsed(), best_val_accuracy=val_accuracy,
+                   base_val_accuracy=base_val, cluster_sizes=sizes, expert_steps=kept_steps)
 
 
 def _base_name(base: str | Path) -> str:
@@ -226,34 +214,11 @@ def find_clustered_runs(runs_dir: str | Path, base: str | Path, source: str, emb
     return found
 
 
-def launch_clustered(base: str | Path, k: int, source: str, embedding: str, runs_dir: str | Path, tasks: int = 1000,
-                     steps: int | None = None, val_episodes: int | None = None,
-                     name: str | None = None, folder: str | None = None) -> tuple[Path, int]:
-    """Train cluster experts in a background process (its own session, so it outlives the caller).
-
-    Runs ``python -m lab train --algorithm clustered ...``; returns the run folder it will write and
-    the process id. Its error output goes to ``.NAME.log`` beside the run folder.
-    """
-
-    runs_dir, base = Path(runs_dir).resolve(), _base_name(base)
-    runs_dir.mkdir(parents=True, exist_ok=True)
+def clustered_run_name(base: str | Path, source: str, k: int) -> str:
+    """A fresh name for a run of ``k`` cluster experts of ``base`` on ``source``."""
+    base = _base_name(base)
     stem = base.replace(":", "-") if base.startswith("zoo:") else Path(base).name
-    name = name or f"clustered-{stem[:32]}-{source}-k{k}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = runs.run_path(runs_dir, name)
-    if run_dir.exists():
-        raise ValueError(f"a run named {name!r} already exists in {runs_dir}")
-    command = [sys.executable, "-m", "lab", "train", "--algorithm", "clustered", "--base", base, "--k", str(k),
-               "--source", source, "--embedding", embedding, "--n-query", "5", "--runs-dir", str(runs_dir),
-               "--name", name, "--hparams", json.dumps({"tasks": tasks, **(
-                   {"folder": str(Path(folder).expanduser().resolve())} if folder else {})})]
-    command += ["--steps", str(steps)] if steps else []
-    command += ["--val-episodes", str(val_episodes)] if val_episodes else []
-    with open(runs_dir / f".{name}.log", "w") as log:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                   cwd=Path(__file__).resolve().parents[2], env=dict(os.environ),
-                                   start_new_session=True)
-    threading.Thread(target=process.wait, daemon=True).start()  # reap it when it ends
-    return run_dir, process.pid
+    return f"clustered-{stem[:32]}-{source}-k{k}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def untrained_model(seed: int = 0):

@@ -136,7 +136,7 @@ def run_queued(run_dir: str | os.PathLike, world=None):
         raise ValueError(f"{run_dir} is already being trained by process {status.get('pid')}")
     if status.get("state") == "finished":
         raise ValueError(f"{run_dir} has finished; start a new run from its config instead")
-    try:
+    with runs.failures_recorded(run_dir if world.is_main else None):  # those before training starts too
         config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {})
         if world.is_main:
             runs.truncate_metrics(run_dir, 0)  # a restart from scratch repeats the steps logged before
@@ -144,10 +144,6 @@ def run_queued(run_dir: str | os.PathLike, world=None):
             yield from train_clustered(config, run_dir)
         else:
             yield from train(config, run_dir)
-    except BaseException as err:
-        if world.is_main and runs.read_status(run_dir).get("state") != "failed" and not isinstance(err, (KeyboardInterrupt, GeneratorExit)):
-            runs.write_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
-        raise
 
 
 def delete(runs_dir: str | os.PathLike, name: str) -> None:

@@ -9,7 +9,6 @@ accuracy is kept as ``best.pt``; ``last.pt`` is where a resume starts.
 from __future__ import annotations
 
 import math
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +25,7 @@ from lab.device import describe_device, pick_device
 from lab.distributed import average_gradients, current_world, from_main, mean_across, shard
 from lab.episodes import check_request, sample_batch, sample_episode
 from lab.evaluation import episode_accuracies, mean_ci95
-
-
-class NonFiniteLoss(RuntimeError):
-    """The meta-training loss became NaN or infinite."""
+from lab.runs import Sitting, check_finite
 
 
 def _pools(config: TrainConfig):
@@ -50,29 +46,6 @@ def lr_factor(schedule: str, progress: float) -> float:
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
     return 1.0
-
-
-class StopSignal:
-    """Turns SIGTERM/SIGINT into a graceful stop request while training runs in the main thread."""
-
-    def __init__(self):
-        self.raised = False
-        self._old = {}
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, *_):
-        self.raised = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
 
 
 def _warm_start(model, config: TrainConfig) -> int:
@@ -183,19 +156,18 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
     Under ``torchrun`` the tasks of each outer step are shared out across the processes (see
     ``lab.distributed``); every process yields the records, only rank 0 validates and writes.
     """
-    start = time.perf_counter()
     world = current_world()
     run_dir = Path(run_dir) if run_dir is not None else None
-    writer = run_dir if world.is_main else None  # only rank 0 writes the run folder
-    status_at = [0.0]
+    with Sitting(run_dir if world.is_main else None) as sitting:  # only rank 0 writes the run folder
+        yield from _sitting(config, run_dir, resume, time_limit_s, world, sitting)
 
-    def status(phase: str, every_s: float = 0.0, **fields) -> None:
-        if writer and time.perf_counter() - status_at[0] >= every_s:
-            runs.write_status(run_dir, "running", phase=phase, **fields)
-            status_at[0] = time.perf_counter()
 
-    if writer:
-        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+def _sitting(config: TrainConfig, run_dir: Path | None, resume: bool, time_limit_s: float | None, world,
+             sitting: Sitting) -> Iterator[dict]:
+    """The body of :func:`train`, inside its sitting."""
+    start = time.perf_counter()
+    writer = sitting.run_dir
+    status = sitting.status
     status("loading", error=None)
     device = pick_device(config.device)
     if device.type == "cuda" and world.distributed:
@@ -252,83 +224,74 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
         pace.add_validation(probe["seconds"], probe["episodes"])
     window_loss, window_acc, window_tasks, window_start = 0.0, 0.0, 0, time.perf_counter()
     reason = "finished"
-    try:
-        with StopSignal() as signals:
-            while True:
-                elapsed = elapsed_now()
-                stop = signals.raised or (writer is not None and runs.stop_requested(run_dir)) or sitting_left() <= 0
-                if from_main(step >= config.steps or elapsed + pace.reserve() >= budget or stop, world, device):
-                    reason = "stopped" if from_main(stop, world, device) else "finished"
-                    break
-                t_step = time.perf_counter()
-                model.train()
-                batch = sample_batch(train_pool, config.way_for_training, config.k_shot, config.n_query,
-                                     config.meta_batch, rng, device)
-                if config.augment:
-                    batch = augment_episode(batch, step_generator(config.seed, step))
-                out = model.outer_loss(shard(batch, world))
-                if not torch.isfinite(out.loss):
-                    raise NonFiniteLoss(f"the loss became {out.loss.item()} at step {step + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                average_gradients(model.parameters(), world)
-                if config.lr_schedule != "constant":
-                    done, = mean_across([max(step / config.steps, elapsed / budget)], world, device)  # one rate for all
-                    for group in optimizer.param_groups:
-                        group["lr"] = group["initial_lr"] * lr_factor(config.lr_schedule, done)
-                optimizer.step()
-                step += 1
-                window_loss += out.loss.item()
-                window_acc += out.accuracy.item()
-                window_tasks += config.meta_batch
-                pace.add_step(time.perf_counter() - t_step)
-                elapsed = elapsed_now()
-                last = from_main(step >= config.steps or elapsed + pace.reserve() >= budget or sitting_left() <= 0,
-                                 world, device)
-                if step % config.log_every and step % config.val_every and not last:
-                    status("training", 2.0, step=step, elapsed_s=elapsed, eta_s=pace.eta(step, elapsed, sitting_left()),
-                           progress=min(1.0, max(step / config.steps, elapsed / budget)))
-                    continue
-                n = window_tasks / config.meta_batch
-                loss, accuracy = mean_across([window_loss / n, window_acc / n], world, device)
-                record = {
-                    "step": step,
-                    "loss": loss,
-                    "accuracy": accuracy,
-                    "tasks_per_s": window_tasks / (time.perf_counter() - window_start),
-                    "meta_lr": optimizer.param_groups[0]["lr"],
-                    **{k: float(v) for k, v in out.extras.items()},
-                }
-                if (step % config.val_every == 0 or last) and world.is_main:
-                    val = run_validation(pace.validation_cap(step, elapsed_now(), last))
-                    record.update(val_accuracy=val["accuracy"], val_ci95=val["ci95"], val_episodes=val["episodes"],
-                                  val_s=round(val["seconds"], 3))
-                    status("checkpoint", step=step)
-                    if val["accuracy"] > best_val:
-                        best_val = val["accuracy"]
-                        checkpoint("best.pt")
-                    checkpoint("last.pt")
-                elapsed = elapsed_now()
-                progress = min(1.0, max(step / config.steps, elapsed / budget))
-                record.update(elapsed_s=elapsed, progress=progress, best_val_accuracy=best_val if best_val >= 0 else None,
-                              eta_s=None if last else pace.eta(step, elapsed, sitting_left()))
-                if writer:
-                    runs.append_jsonl(run_dir / "metrics.jsonl", record)
-                    status("training", step=step, progress=progress, eta_s=record["eta_s"],
-                           best_val_accuracy=record["best_val_accuracy"], elapsed_s=elapsed)
-                yield record
-                window_loss, window_acc, window_tasks, window_start = 0.0, 0.0, 0, time.perf_counter()
-        if best_val < 0 or reason == "stopped":  # a stop before any validation still leaves a best.pt
+    while True:
+        elapsed = elapsed_now()
+        stop = sitting.stop_requested or sitting_left() <= 0
+        if from_main(step >= config.steps or elapsed + pace.reserve() >= budget or stop, world, device):
+            reason = "stopped" if from_main(stop, world, device) else "finished"
+            break
+        t_step = time.perf_counter()
+        model.train()
+        batch = sample_batch(train_pool, config.way_for_training, config.k_shot, config.n_query,
+                             config.meta_batch, rng, device)
+        if config.augment:
+            batch = augment_episode(batch, step_generator(config.seed, step))
+        out = model.outer_loss(shard(batch, world))
+        check_finite(out.loss, step + 1)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        average_gradients(model.parameters(), world)
+        if config.lr_schedule != "constant":
+            done, = mean_across([max(step / config.steps, elapsed / budget)], world, device)  # one rate for all
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * lr_factor(config.lr_schedule, done)
+        optimizer.step()
+        step += 1
+        sitting.step = step
+        window_loss += out.loss.item()
+        window_acc += out.accuracy.item()
+        window_tasks += config.meta_batch
+        pace.add_step(time.perf_counter() - t_step)
+        elapsed = elapsed_now()
+        last = from_main(step >= config.steps or elapsed + pace.reserve() >= budget or sitting_left() <= 0,
+                         world, device)
+        if step % config.log_every and step % config.val_every and not last:
+            status("training", 2.0, step=step, elapsed_s=elapsed, eta_s=pace.eta(step, elapsed, sitting_left()),
+                   progress=min(1.0, max(step / config.steps, elapsed / budget)))
+            continue
+        n = window_tasks / config.meta_batch
+        loss, accuracy = mean_across([window_loss / n, window_acc / n], world, device)
+        record = {
+            "step": step,
+            "loss": loss,
+            "accuracy": accuracy,
+            "tasks_per_s": window_tasks / (time.perf_counter() - window_start),
+            "meta_lr": optimizer.param_groups[0]["lr"],
+            **{k: float(v) for k, v in out.extras.items()},
+        }
+        if (step % config.val_every == 0 or last) and world.is_main:
+            val = run_validation(pace.validation_cap(step, elapsed_now(), last))
+            record.update(val_accuracy=val["accuracy"], val_ci95=val["ci95"], val_episodes=val["episodes"],
+                          val_s=round(val["seconds"], 3))
             status("checkpoint", step=step)
-            if best_val < 0:
+            if val["accuracy"] > best_val:
+                best_val = val["accuracy"]
                 checkpoint("best.pt")
             checkpoint("last.pt")
-    except Exception as err:
+        elapsed = elapsed_now()
+        progress = min(1.0, max(step / config.steps, elapsed / budget))
+        record.update(elapsed_s=elapsed, progress=progress, best_val_accuracy=best_val if best_val >= 0 else None,
+                      eta_s=None if last else pace.eta(step, elapsed, sitting_left()))
         if writer:
-            runs.write_status(run_dir, "failed", step=step, phase=None, error=f"{type(err).__name__}: {err}")
-        raise
-    if writer:
-        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
-        runs.write_status(run_dir, reason, step=step, phase=None,
-                          progress=min(1.0, step / config.steps) if reason == "stopped" else 1.0,
-                          eta_s=None, elapsed_s=elapsed_now(), best_val_accuracy=best_val if best_val >= 0 else None)
+            runs.append_jsonl(run_dir / "metrics.jsonl", record)
+            status("training", step=step, progress=progress, eta_s=record["eta_s"],
+                   best_val_accuracy=record["best_val_accuracy"], elapsed_s=elapsed)
+        yield record
+        window_loss, window_acc, window_tasks, window_start = 0.0, 0.0, 0, time.perf_counter()
+    if best_val < 0 or reason == "stopped":  # a stop before any validation still leaves a best.pt
+        status("checkpoint", step=step)
+        if best_val < 0:
+            checkpoint("best.pt")
+        checkpoint("last.pt")
+    sitting.finish(reason, step=step, progress=min(1.0, step / config.steps) if reason == "stopped" else 1.0,
+                   eta_s=None, elapsed_s=elapsed_now(), best_val_accuracy=best_val if best_val >= 0 else None)

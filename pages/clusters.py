@@ -8,14 +8,14 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from lab import runs, zoo
+from lab import jobs, runs, zoo
 from lab.clustering import (
     EMBEDDINGS, SOURCES, agreement, cluster_table, elbow_k, embed_tasks, fit_feature_map, kmeans, load_source, project,
     scan_k, suggest_k,
 )
 from lab.data import DatasetUnavailable
 from lab.evaluation import episode_accuracies, paired_comparison
-from lab.experts import find_clustered_runs, launch_clustered, untrained_model
+from lab.experts import clustered_config, clustered_run_name, find_clustered_runs, untrained_model
 from ui.formats import duration, percent, percent_column, progress_bar
 
 UNTRAINED = "untrained encoder (random weights)"
@@ -215,18 +215,21 @@ if experts_run:
 
 steps = st.number_input("Fine-tuning steps (all experts together)", 1, 5000, 100 * k, key="steps")
 if st.button(f"Train {k} cluster experts in the background", type="primary"):
-    run_dir, pid = launch_clustered(path, k, source, embedding, runs_dir, tasks=max(n_tasks, 300), steps=int(steps),
-                                    val_episodes=100, folder=folder)
-    st.session_state["launched"] = {"run": str(run_dir), "pid": pid, "steps": int(steps)}
+    try:
+        config = clustered_config(path, k, source, embedding, {"tasks": max(n_tasks, 300), "folder": folder},
+                                  steps=int(steps), val_episodes=100, n_query=5)
+        run_dir = jobs.start(Path(runs_dir).resolve(), config, clustered_run_name(path, source, k))
+    except (ValueError, DatasetUnavailable) as err:
+        st.error(f"The experts cannot start: {err}")
+    else:
+        st.session_state["launched"] = {"run": str(run_dir), "pid": runs.read_status(run_dir).get("pid"),
+                                        "steps": int(steps)}
 launched = st.session_state.get("launched")
 
 
 @st.fragment(run_every="3s")
 def training_progress(run: Path, total: int) -> None:
-    status = runs.read_status(run) if run.exists() else {"state": "starting"}
-    log = run.parent / f".{run.name}.log"
-    if not run.exists() and log.exists() and "error:" in log.read_text():  # refused before it began
-        status = {"state": "failed", "error": log.read_text().strip().splitlines()[-1]}
+    status = runs.read_status(run)
     step, eta = status.get("step", 0), status.get("eta_s")
     running = status["state"] == "running"
     doing = ("fine-tuning the experts" if step else "embedding the training tasks and fitting the router") \

@@ -352,7 +352,9 @@ def test_the_train_button_starts_the_experts_in_a_background_process(clustered_r
     try:
         assert os.getsid(pid) == pid  # its own session: it outlives the page
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert b"clustered" in cmdline and str(runs_dir.resolve()).encode() in cmdline
+        assert str(Path(launched["run"])).encode() in cmdline  # the one launcher of background runs trains it
         assert Path(launched["run"]).parent == runs_dir.resolve()
+        config = json.loads((Path(launched["run"]) / "config.json").read_text())
+        assert config["algorithm"] == "clustered" and config["steps"] == 2
     finally:
         os.killpg(pid, signal.SIGTERM)
