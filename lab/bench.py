@@ -6,7 +6,6 @@ asserted in the test-suite, since timings on shared machines are noisy.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import tempfile
@@ -305,7 +304,7 @@ def bench_algorithms(args) -> list[dict]:
 
         def reference(batch):  # under the same autocast as the learner, if it uses one
             optimizer.zero_grad(set_to_none=True)
-            with model._autocast(device) if hasattr(model, "_autocast") else contextlib.nullcontext():
+            with model.execution.autocast(device):
                 reference_backward(model, batch)
             optimizer.step()
 

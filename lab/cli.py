@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from lab import runs
+from lab.algorithms.execution import PRECISION, VECTORIZE
 from lab.clustering import EMBEDDINGS, SOURCES
 from lab.config import LR_SCHEDULES
 from lab.data import DATASETS, DatasetUnavailable
@@ -68,8 +69,9 @@ def _config_from_args(args):
         "split_scheme": args.split_scheme, "n_way": args.n_way, "k_shot": args.k_shot, "n_query": args.n_query,
         "train_way": args.train_way, "meta_batch": args.meta_batch, "meta_lr": args.meta_lr,
         "lr_schedule": args.lr_schedule, "steps": args.steps, "minutes": args.minutes, "seed": args.seed,
-        "device": args.device, "val_every": args.val_every, "val_episodes": args.val_episodes,
-        "log_every": args.log_every, "hparams": hparams, "augment": args.augment,
+        "device": args.device, "vectorize": args.vectorize, "precision": args.precision,
+        "val_every": args.val_every, "val_episodes": args.val_episodes, "log_every": args.log_every,
+        "hparams": hparams, "augment": args.augment,
     }
     given = {k: v for k, v in fields.items() if v is not None}
     taken = {k: v for k, v in recipe_defaults(args.algorithm, args.dataset).items() if k not in given}
@@ -145,7 +147,8 @@ def cmd_train_clustered(args) -> int:
         raise ValueError("--algorithm clustered needs --base RUN_DIR, the run the experts start from")
     fields = {"n_way": args.n_way, "k_shot": args.k_shot, "n_query": args.n_query, "meta_batch": args.meta_batch,
               "meta_lr": args.meta_lr, "steps": args.steps, "minutes": args.minutes, "seed": args.seed,
-              "device": args.device, "val_every": args.val_every, "val_episodes": args.val_episodes,
+              "device": args.device, "vectorize": args.vectorize, "precision": args.precision,
+              "val_every": args.val_every, "val_episodes": args.val_episodes,
               "log_every": args.log_every}
     config = clustered_config(args.base, args.k, args.source, args.embedding,
                               json.loads(args.hparams) if args.hparams else None, **fields)
@@ -567,6 +570,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--minutes", type=float, help="wall-clock budget; with --steps, whichever ends first")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    q.add_argument("--vectorize", choices=VECTORIZE,
+                   help="the tasks of a batch: in one pass, in CPU threads, or one by one (default: auto)")
+    q.add_argument("--precision", choices=PRECISION, help="bf16 autocast or fp32 (default: auto, bf16 on CUDA)")
     q.add_argument("--augment", action="store_true", default=None,
                    help="small random affine changes and stroke thickness on the training images")
     q.add_argument("--val-every", type=int)

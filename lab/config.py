@@ -7,8 +7,10 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from lab.algorithms import REGISTRY
+from lab.algorithms.execution import OLD_NAMES, PRECISION, VECTORIZE, lift_machine_settings
 from lab.data import DATASETS
 from lab.device import DEVICE_CHOICES
+from lab.fields import check_fields, choice, declared, field_comments, number, positive
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -17,52 +19,37 @@ LR_SCHEDULES = ("constant", "cosine")
 class TrainConfig:
     """Everything that defines a meta-training run. Unknown or invalid values raise ``ValueError``."""
 
-    algorithm: str = "protonet"  # a name from lab.algorithms.REGISTRY
-    dataset: str = "digits"  # digits needs no download, so it always works
+    algorithm: str = choice("protonet", REGISTRY)  # a name from lab.algorithms.REGISTRY
+    dataset: str = choice("digits", DATASETS)  # digits needs no download, so it always works
     data_dir: str | None = None  # data root (for 'folder': the image folder); None: LAB_DATA_DIR or the default
     split_scheme: str | None = None  # the dataset's class split; None: its default (Omniglot: vinyals)
-    n_way: int = 5  # classes per task at validation and test time
-    k_shot: int = 1  # labelled examples per class in the support set
-    n_query: int = 15  # examples per class to classify in each task
-    train_way: int | None = None  # classes per training task (Prototypical Networks train with more); None: n_way
-    meta_batch: int = 4  # tasks per outer step
-    meta_lr: float = 1e-3  # Adam learning rate of the outer loop
-    lr_schedule: str = "constant"  # constant, or cosine: the meta learning rate falls to zero as steps or minutes run out
-    steps: int = 1000  # outer steps; with minutes, whichever ends first
-    minutes: float | None = None  # wall-clock budget of training, validation included
-    seed: int = 0  # seeds the task stream and the initial weights
-    device: str = "auto"  # auto, cpu, cuda or mps
-    val_every: int = 100  # outer steps between meta-validations
-    val_episodes: int = 200  # episodes per meta-validation
-    log_every: int = 10  # outer steps between metric lines
+    n_way: int = number(5, low=2)  # classes per task at validation and test time
+    k_shot: int = positive(1)  # labelled examples per class in the support set
+    n_query: int = positive(15)  # examples per class to classify in each task
+    train_way: int | None = number(None, low=2)  # classes per training task (Prototypical Networks train with more); None: n_way
+    meta_batch: int = positive(4)  # tasks per outer step
+    meta_lr: float = positive(1e-3)  # Adam learning rate of the outer loop
+    lr_schedule: str = choice("constant", LR_SCHEDULES)  # constant, or cosine: the meta learning rate falls to zero as steps or minutes run out
+    steps: int = positive(1000)  # outer steps; with minutes, whichever ends first
+    minutes: float | None = positive(None)  # wall-clock budget of training, validation included
+    seed: int = number(0, low=0)  # seeds the task stream and the initial weights
+    device: str = choice("auto", DEVICE_CHOICES)  # auto, cpu, cuda or mps
+    vectorize: str = choice("auto", VECTORIZE)  # tasks of a batch: batched (in one pass), threads (side by side on a CPU) or loop; auto: batched on CUDA, threads on a CPU
+    precision: str = choice("auto", PRECISION)  # bf16 autocast or fp32; auto: bf16 on CUDA, fp32 elsewhere
+    val_every: int = positive(100)  # outer steps between meta-validations
+    val_episodes: int = positive(200)  # episodes per meta-validation
+    log_every: int = positive(10)  # outer steps between metric lines
     hparams: dict = field(default_factory=dict)  # the algorithm's own hyper-parameters
     augment: bool = False  # small random affine changes and stroke thickness on training images (lab.augment)
     init_from: str | None = None  # a checkpoint (or zoo:NAME) whose weights and step count the run starts from
 
     def __post_init__(self):
-        if self.algorithm not in REGISTRY:
-            raise ValueError(f"algorithm: unknown {self.algorithm!r}; choose one of {', '.join(REGISTRY)}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset: unknown {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if self.device not in DEVICE_CHOICES:
-            raise ValueError(f"device: must be one of {', '.join(DEVICE_CHOICES)}, not {self.device!r}")
-        for name in ("n_way", "k_shot", "meta_batch", "steps", "val_every", "val_episodes", "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be a positive whole number, not {getattr(self, name)!r}")
-        if self.n_way < 2:
-            raise ValueError(f"n_way: a task needs at least 2 classes, not {self.n_way}")
-        if self.n_query < 1:
-            raise ValueError(f"n_query: must be at least 1, not {self.n_query}")
-        if self.train_way is not None and self.train_way < 2:
-            raise ValueError(f"train_way: a task needs at least 2 classes, not {self.train_way}")
-        if not self.meta_lr > 0:
-            raise ValueError(f"meta_lr: must be positive, not {self.meta_lr}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule: must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
-        if not isinstance(self.augment, bool):
-            raise ValueError(f"augment: must be true or false, not {self.augment!r}")
-        if self.minutes is not None and not self.minutes > 0:
-            raise ValueError(f"minutes: must be positive, not {self.minutes}")
+        hparams, machine = lift_machine_settings(self.hparams)  # where runs once kept them
+        for name, value in machine.items():
+            if getattr(self, name) == "auto":
+                object.__setattr__(self, name, OLD_NAMES.get(value, value))
+        object.__setattr__(self, "hparams", hparams)
+        check_fields(self)
         # Filling in the algorithm's defaults validates its hyper-parameters too.
         object.__setattr__(self, "hparams", asdict(REGISTRY[self.algorithm].make_hparams(self.hparams)))
 
@@ -103,70 +90,13 @@ class HparamField:
     help: str = ""
 
 
-def field_comments(cls) -> dict[str, str]:
-    """``name: type = default  # comment`` lines of a dataclass's source, as {name: comment}."""
-    import inspect
-    import re
-
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return {m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.M)}
-
-
-def _probe_choices(cls, name: str) -> tuple:
-    """The values a str field accepts, when its validation names them ('must be 'a' or 'b'').
-
-    Each candidate quoted in the refusal of a made-up value is kept only if the dataclass accepts it.
-    """
-    import re
-
-    probe = "\x00not-a-choice"
-    try:
-        cls(**{name: probe})
-        return ()
-    except (ValueError, TypeError) as err:
-        candidates = re.findall(r"'([^'\x00]+)'", str(err))
-    accepted = []
-    for value in dict.fromkeys(candidates):
-        try:
-            cls(**{name: value})
-            accepted.append(value)
-        except (ValueError, TypeError):
-            continue
-    return tuple(accepted)
-
-
 def hparam_fields(algorithm: str) -> list[HparamField]:
-    """The hyper-parameters of a registered algorithm as form fields, read from its ``Hparams`` dataclass.
-
-    Choices come from ``field(metadata={"choices": ...})``, a ``Literal`` annotation, or the values the
-    field's validation names; help comes from ``metadata["help"]`` or the comment after the field.
-    """
-    import typing
-
+    """The hyper-parameters of a registered algorithm as form fields, read from its ``Hparams`` dataclass:
+    kinds and choices as declared (:mod:`lab.fields`), help from the comment after each field."""
     if algorithm not in REGISTRY:
         raise ValueError(f"algorithm: unknown {algorithm!r}; choose one of {', '.join(REGISTRY)}")
     cls = REGISTRY[algorithm].Hparams
-    hints = typing.get_type_hints(cls)
     comments = field_comments(cls)
     defaults = cls()
-    out = []
-    for f in dataclasses.fields(cls):
-        hint, optional = hints.get(f.name, type(None)), False
-        args = typing.get_args(hint)
-        if type(None) in args:
-            optional = True
-            rest = [a for a in args if a is not type(None)]
-            hint = rest[0] if len(rest) == 1 else object
-        choices = tuple(f.metadata.get("choices", ()))
-        if typing.get_origin(hint) is typing.Literal:
-            choices = choices or typing.get_args(hint)
-            hint = type(choices[0])
-        kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(hint, "json")
-        if kind == "str" and not choices:
-            choices = _probe_choices(cls, f.name)
-        out.append(HparamField(f.name, kind, getattr(defaults, f.name), tuple(choices), optional,
-                               f.metadata.get("help") or comments.get(f.name, "")))
-    return out
+    return [HparamField(d.name, d.kind, getattr(defaults, d.name), d.choices, d.optional, comments.get(d.name, ""))
+            for d in declared(cls)]

@@ -16,7 +16,8 @@ import dataclasses
 import json
 import math
 
-from lab.config import LR_SCHEDULES, TrainConfig, field_comments, hparam_fields
+from lab.config import LR_SCHEDULES, TrainConfig, hparam_fields
+from lab.fields import field_comments
 
 # The run settings a sweep may search. The task a trial is scored on (n_way, k_shot, the dataset and
 # its split) stays fixed, so every trial's validation accuracy measures the same thing.

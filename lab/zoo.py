@@ -39,7 +39,8 @@ FLOOR_KINDS = (*TASKS, *TRANSFER, "lake_error", "beats_sgd")
 MAX_MODEL_BYTES = 2 * 2**20
 MAX_ZOO_BYTES = 20 * 2**20
 # Fields a run may change without leaving its recipe: the budget, where it runs, what it starts from.
-FREE_FIELDS = ("steps", "minutes", "device", "init_from", "data_dir", "val_every", "val_episodes", "log_every")
+FREE_FIELDS = ("steps", "minutes", "device", "vectorize", "precision", "init_from", "data_dir", "val_every",
+               "val_episodes", "log_every")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from lab import runs
 from lab.algorithms import REGISTRY
+from lab.algorithms.execution import Execution
 from lab.algorithms.inner import HEAD, conv4_features, encode, inner_loop, sgd
 from lab.algorithms.reference import reference_backward
 from lab.config import TrainConfig
@@ -43,11 +44,11 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def small(name: str, n_way: int = 5, **hparams):
+def small(name: str, n_way: int = 5, vectorize: str = "auto", precision: str = "auto", **hparams):
     cls = REGISTRY[name]
     values = {"hidden": 16, **hparams} if name == "metanet" else {**SMALL, **hparams}
     torch.manual_seed(0)
-    return cls(cls.make_hparams(values), n_way)
+    return cls(cls.make_hparams(values), n_way).set_execution(Execution(vectorize, precision))
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +146,11 @@ def test_the_first_inner_step_moves_only_the_class_symmetric_head(omniglot):
 
 @pytest.mark.parametrize("name", ALL)
 def test_the_vectorised_loss_and_meta_gradient_equal_the_per_task_loop(name, batch):
-    out_loop, loop = meta_gradient(small(name, vectorize="loop"), batch)
-    out_vmap, vmap = meta_gradient(small(name, vectorize="batched" if name == "metanet" else "vmap"), batch)
+    looped, batched = small(name, vectorize="loop"), small(name, vectorize="batched")
+    assert looped.strategy(torch.device("cpu")) == "loop"
+    assert batched.strategy(torch.device("cpu")) in ("vmap", "batched")
+    out_loop, loop = meta_gradient(looped, batch)
+    out_vmap, vmap = meta_gradient(batched, batch)
     assert out_vmap.loss.item() == pytest.approx(out_loop.loss.item(), abs=1e-5)
     assert out_vmap.accuracy.item() == pytest.approx(out_loop.accuracy.item())
     assert_close(loop, vmap)
@@ -189,7 +193,7 @@ def test_second_and_first_order_meta_gradients_differ_and_are_finite(batch):
 def test_bf16_autocast_gives_a_close_finite_loss(batch):
     """The mixed-precision vmap path (the default on CUDA), exercised here with the CPU's bf16 autocast."""
     full, _ = meta_gradient(small("maml"), batch)
-    mixed, grads = meta_gradient(small("maml", precision="bf16", vectorize="vmap"), batch)
+    mixed, grads = meta_gradient(small("maml", precision="bf16", vectorize="batched"), batch)
     assert abs(mixed.loss.item() - full.loss.item()) < 0.05
     assert all(torch.isfinite(g).all() and g.dtype == torch.float32 for g in grads)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from lab import runs
+from lab.algorithms import build
+from lab.config import TrainConfig
 from lab.evaluation import evaluate_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +32,8 @@ def test_an_old_run_loads_with_its_weights(tmp_path):
     run_dir = copy_of_fixture(tmp_path)
     config, model = runs.load_model(run_dir)
     assert (config.algorithm, config.dataset, config.hparams["hidden"]) == ("maml", "digits", 8)
-    assert config.hparams["vectorize"] == "auto" and config.hparams["precision"] == "auto"
+    assert (config.vectorize, config.precision) == ("auto", "auto")  # machine settings of the run now
+    assert "vectorize" not in config.hparams and "precision" not in config.hparams
     saved = runs.load_checkpoint(run_dir / "best.pt")["model"]
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
@@ -60,3 +63,13 @@ def test_an_old_run_resumes_where_it_stopped(tmp_path):
     status = runs.read_status(run_dir)
     assert status["state"] == "finished" and status["step"] == 9
     assert runs.load_checkpoint(run_dir / "last.pt")["step"] == 9
+
+
+def test_machine_settings_kept_in_an_old_run_s_hparams_become_its_run_settings():
+    old = json.loads((FIXTURE / "config.json").read_text())
+    old["hparams"].update(vectorize="vmap", precision="bf16")  # "vmap" was the old name of "batched"
+    config = TrainConfig.from_dict(old)
+    assert (config.vectorize, config.precision) == ("batched", "bf16")
+    model = build(config)
+    assert model.execution.batched(torch.device("cpu")) and model.strategy(torch.device("cpu")) == "vmap"
+    assert TrainConfig.from_dict({**old, "vectorize": "loop"}).vectorize == "loop"  # the run setting wins

@@ -15,6 +15,7 @@ from lab import jobs, runs
 from lab.algorithms import REGISTRY
 from lab.algorithms.protonet import ProtoNet
 from lab.config import TrainConfig, hparam_fields
+from lab.fields import check_fields, choice
 from lab.training import train
 from ui.charts import internals_figure, overlay_figure, smooth
 from ui.forms import config_query
@@ -112,12 +113,12 @@ def test_the_meta_train_form_refuses_what_the_data_cannot_give_before_launching(
 @pytest.mark.parametrize(
     "query, key, value, reason",
     [
-        ({}, "meta_lr", -0.01, "Must be positive, not -0.01"),
-        ({}, "meta_lr", 0.0, "Must be positive, not 0"),
+        ({}, "meta_lr", -0.01, "Must be a positive number, not -0.01"),
+        ({}, "meta_lr", 0.0, "Must be a positive number, not 0"),
         ({}, "steps", 0, "Must be a positive whole number, not 0"),
         ({}, "steps", 2.5, "Must be a whole number, not 2.5"),
-        ({"time_limit": "true"}, "minutes", 0, "Must be positive, not 0"),
-        ({}, "n_query", 0, "Must be at least 1, not 0"),
+        ({"time_limit": "true"}, "minutes", 0, "Must be a positive number, not 0"),
+        ({}, "n_query", 0, "Must be a positive whole number, not 0"),
         ({}, "seed", -1, "Must be 0 or more, not -1"),
         ({}, "val_every", 0.5, "Must be a whole number, not 0.5"),
         ({"algorithm": "maml"}, "maml.inner_lr", -1.0, "Must be a positive number"),
@@ -276,11 +277,10 @@ class ToyHparams:
     first_order: bool = False  # drop second derivatives
     head: Literal["linear", "cosine"] = "linear"
     init: str = field(default="zeros", metadata={"choices": ("zeros", "random")})
-    mode: str = "fast"  # validated against a set
+    mode: str = choice("fast", ("fast", "exact"))  # declared with lab.fields
 
     def __post_init__(self):
-        if self.mode not in ("fast", "exact"):
-            raise ValueError(f"mode: must be 'fast' or 'exact', not {self.mode!r}")
+        check_fields(self)
 
 
 class ToyLearner(ProtoNet):

@@ -23,9 +23,11 @@ import math
 import streamlit as st
 
 from lab.algorithms import REGISTRY
-from lab.config import LR_SCHEDULES, TrainConfig, field_comments, hparam_fields
+from lab.algorithms.execution import PRECISION, VECTORIZE
+from lab.config import LR_SCHEDULES, TrainConfig, hparam_fields
 from lab.data import DATASETS, SPLIT_SCHEMES, dataset_status
 from lab.device import DEVICE_CHOICES
+from lab.fields import declared, field_comments, problem
 
 Q = "query-params"
 DEFAULTS = TrainConfig()
@@ -82,11 +84,20 @@ def _form_algorithms(names: tuple[str, ...]) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- checks
 
 
-def _reason(err: Exception, name: str) -> str:
+def _reason(err: Exception | str, name: str) -> str:
     """The refusal of ``name`` without the field name in front (it is shown under that field)."""
     text = str(err)
     text = text[len(name) + 2:] if text.startswith(f"{name}: ") else text
     return text[:1].upper() + text[1:]
+
+
+def _declared_problem(cls, name: str, value) -> str | None:
+    """What the declaration of field ``name`` of ``cls`` says against ``value`` (None: nothing)."""
+    for d in declared(cls):
+        if d.name == name:
+            found = problem(d, value)
+            return _reason(found.replace(" or null", ""), name) if found else None
+    return None
 
 
 def _whole(value):
@@ -102,11 +113,7 @@ def number_error(name: str, value, algorithm: str, optional: bool = False) -> st
         return f"Must be a whole number, not {value:g}"
     if name == "seed":
         return None if value >= 0 else f"Must be 0 or more, not {value:g}"
-    try:
-        TrainConfig(algorithm=algorithm, **{name: _whole(value)})
-    except ValueError as err:
-        return _reason(err, name)
-    return None
+    return _declared_problem(TrainConfig, name, _whole(value))
 
 
 def hparam_error(algorithm: str, field, value) -> str | None:
@@ -115,7 +122,10 @@ def hparam_error(algorithm: str, field, value) -> str | None:
         return "Enter a number"
     if field.kind == "int" and isinstance(value, float) and not value.is_integer():
         return f"Must be a whole number, not {value:g}"
-    try:
+    found = _declared_problem(REGISTRY[algorithm].Hparams, field.name, value)
+    if found:
+        return found
+    try:  # an algorithm's own rules beyond its declarations
         TrainConfig(algorithm=algorithm, hparams={field.name: value})
     except ValueError as err:
         return _reason(err, field.name)
@@ -239,8 +249,15 @@ def train_form() -> tuple[dict, dict[str, str]]:
     lr_schedule = c1.selectbox("LR schedule", LR_SCHEDULES, index=LR_SCHEDULES.index(DEFAULTS.lr_schedule),
                                key="lr_schedule", bind=Q, help=HELP.get("lr_schedule"))
     seed = _number(c2, errors, "Seed", "seed", algorithm)
+
+    st.markdown("**Machine**")
+    c1, c2, c3 = st.columns(3)
     device = c1.selectbox("Device", DEVICE_CHOICES, index=DEVICE_CHOICES.index(DEFAULTS.device), key="device",
                           bind=Q, help=HELP.get("device"))
+    vectorize = c2.selectbox("Tasks of a batch", VECTORIZE, index=VECTORIZE.index(DEFAULTS.vectorize), key="vectorize",
+                             bind=Q, help=HELP.get("vectorize"))
+    precision = c3.selectbox("Precision", PRECISION, index=PRECISION.index(DEFAULTS.precision), key="precision",
+                             bind=Q, help=HELP.get("precision"))
 
     st.markdown("**Budget**")
     # A link with minutes in it opens with the time limit on.
@@ -262,7 +279,7 @@ def train_form() -> tuple[dict, dict[str, str]]:
     values = dict(algorithm=algorithm, dataset=dataset, data_dir=data_dir,
                   split_scheme=None if scheme == schemes[0] else scheme, n_way=n_way, k_shot=k_shot, n_query=n_query,
                   train_way=train_way, meta_batch=meta_batch, meta_lr=meta_lr, lr_schedule=lr_schedule, steps=steps,
-                  minutes=minutes, seed=seed, device=device, val_every=val_every,
+                  minutes=minutes, seed=seed, device=device, vectorize=vectorize, precision=precision, val_every=val_every,
                   val_episodes=val_episodes, log_every=log_every, hparams=hparams)
     if not errors:  # the fields together, for a rule that joins two of them
         try:

@@ -9,6 +9,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
+from lab.algorithms.execution import Execution, lift_machine_settings
 from lab.episodes import Episode
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -44,11 +45,19 @@ class MetaLearner(nn.Module):
         super().__init__()
         self.hparams = hparams
         self.n_way = n_way
+        self.execution = Execution()  # how batches are computed; :func:`build` sets the run's
+
+    def set_execution(self, execution: Execution) -> MetaLearner:
+        """Compute batches with ``execution`` from now on (this model and the models it holds)."""
+        for module in self.modules():
+            if isinstance(module, MetaLearner):
+                module.execution = execution
+        return self
 
     @classmethod
     def make_hparams(cls, values: dict | None = None):
         """The algorithm's hyper-parameters from a dict, defaults filled in, unknown keys refused."""
-        values = dict(values or {})
+        values, _ = lift_machine_settings(values)  # the run's settings now, wherever they were written
         known = {f.name for f in dataclasses.fields(cls.Hparams)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -84,4 +93,5 @@ def build(config) -> MetaLearner:
     """The algorithm a :class:`~lab.config.TrainConfig` names, freshly initialised from its seed."""
     cls = REGISTRY[config.algorithm]
     torch.manual_seed(config.seed)
-    return cls(cls.make_hparams(config.hparams), config.way_for_training)
+    model = cls(cls.make_hparams(config.hparams), config.way_for_training)
+    return model.set_execution(Execution(config.vectorize, config.precision))

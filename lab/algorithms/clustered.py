@@ -16,14 +16,15 @@ from torch import nn
 from lab.algorithms.base import REGISTRY, MetaLearner, Predictor, StepOutput, register
 from lab.clustering import EMBEDDINGS, SOURCES, embed_support
 from lab.episodes import Episode
+from lab.fields import check_fields, choice, positive
 
 
 @dataclass(frozen=True)
 class ClusteredHparams:
     base: str = ""  # the run folder of the global model the experts are fine-tuned from
-    k: int = 3  # number of clusters, hence of experts
-    source: str = "mixed"  # the task source whose training tasks are clustered (lab.clustering.SOURCES)
-    embedding: str = "representation"  # how a task becomes a vector (lab.clustering.EMBEDDINGS)
+    k: int = positive(3)  # number of clusters, hence of experts
+    source: str = choice("mixed", SOURCES)  # the task source whose training tasks are clustered (lab.clustering.SOURCES)
+    embedding: str = choice("representation", EMBEDDINGS)  # how a task becomes a vector (lab.clustering.EMBEDDINGS)
     tasks: int = 1000  # training tasks embedded, clustered, and shared out among the experts
     folder: str | None = None  # a folder of images that joins the mixed source
     base_algorithm: str = ""  # the base's algorithm, read from its run
@@ -32,12 +33,7 @@ class ClusteredHparams:
     def __post_init__(self):
         if not self.base:
             raise ValueError("base: cluster experts start from a trained run; give its folder (--base RUN_DIR)")
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k: must be a positive whole number, not {self.k!r}")
-        if self.source not in SOURCES:
-            raise ValueError(f"source: unknown {self.source!r}; choose one of {', '.join(SOURCES)}")
-        if self.embedding not in EMBEDDINGS:
-            raise ValueError(f"embedding: unknown {self.embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
+        check_fields(self)
         if not isinstance(self.tasks, int) or self.tasks < self.k:
             raise ValueError(f"tasks: must be a whole number of at least k = {self.k}, not {self.tasks!r}")
         if self.base_algorithm not in REGISTRY or self.base_algorithm == ClusteredLearner.name:

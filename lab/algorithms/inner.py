@@ -32,6 +32,7 @@ from torch import nn
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput
 from lab.episodes import Episode
 from lab.device import CPU_CHUNK
+from lab.fields import check_fields, positive
 from lab.models import Conv4, max_pool_2x2
 
 Params = dict[str, torch.Tensor]
@@ -44,8 +45,6 @@ a zero gradient, must leave its parameter unchanged.
 """
 
 HEAD = ("head.weight", "head.bias")
-VECTORIZE = ("auto", "vmap", "loop", "threads")
-PRECISION = ("auto", "fp32", "bf16")
 
 
 # --------------------------------------------------------------------------- the network, functionally
@@ -244,14 +243,6 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return _POOLS[workers]
 
 
-def cpu_task_workers(choice: str, device: torch.device) -> int:
-    """Threads :func:`task_by_task` uses for the vectorisation ``choice`` on ``device``:
-    "threads" (or "auto" on a CPU with more than one intra-op thread) uses them all, else one."""
-    if device.type != "cpu" or choice not in ("auto", "threads"):
-        return 1
-    return torch.get_num_threads()
-
-
 # --------------------------------------------------------------------------- the shared learner
 
 
@@ -259,29 +250,14 @@ def cpu_task_workers(choice: str, device: torch.device) -> int:
 class InnerHparams:
     """Hyper-parameters every gradient-based learner shares."""
 
-    inner_steps: int = 5  # gradient steps on the support set per task during meta-training
-    inner_lr: float = 0.1  # step size of the inner loop (0.4, Finn et al.'s Omniglot rate, diverges with this GroupNorm Conv4)
-    test_inner_steps: int | None = None  # steps when adapting to a new task (validation, test, drawing pad); None: inner_steps
+    inner_steps: int = positive(5)  # gradient steps on the support set per task during meta-training
+    inner_lr: float = positive(0.1)  # step size of the inner loop (0.4, Finn et al.'s Omniglot rate, diverges with this GroupNorm Conv4)
+    test_inner_steps: int | None = positive(None)  # steps when adapting to a new task (validation, test, drawing pad); None: inner_steps
     first_order: bool = False  # ignore second derivatives in the meta-gradient (cheaper)
-    vectorize: str = "auto"  # tasks at once under vmap, one by one ("loop"), or side by side in CPU threads; auto: vmap on CUDA, threads on a multi-core CPU
-    precision: str = "auto"  # bf16 autocast or fp32; auto: bf16 on CUDA, fp32 elsewhere
-    hidden: int = 64  # Conv4 filters per layer
+    hidden: int = positive(64)  # Conv4 filters per layer
 
     def __post_init__(self):
-        for name in ("inner_steps", "test_inner_steps", "hidden"):
-            value = getattr(self, name)
-            if name == "test_inner_steps" and value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: must be a positive whole number, not {value!r}")
-        if not isinstance(self.inner_lr, (int, float)) or not self.inner_lr > 0:
-            raise ValueError(f"inner_lr: must be a positive number, not {self.inner_lr!r}")
-        if not isinstance(self.first_order, bool):
-            raise ValueError(f"first_order: must be true or false, not {self.first_order!r}")
-        if self.vectorize not in VECTORIZE:
-            raise ValueError(f"vectorize: must be one of {', '.join(VECTORIZE)}, not {self.vectorize!r}")
-        if self.precision not in PRECISION:
-            raise ValueError(f"precision: must be one of {', '.join(PRECISION)}, not {self.precision!r}")
+        check_fields(self)
 
 
 class GradientLearner(MetaLearner):
@@ -333,8 +309,7 @@ class GradientLearner(MetaLearner):
         return sgd(self.hparams.inner_lr)
 
     def _vectorized(self, device: torch.device) -> bool:
-        choice = self.hparams.vectorize
-        return choice == "vmap" or (choice == "auto" and device.type == "cuda")
+        return self.execution.batched(device)
 
     def strategy(self, device: torch.device) -> str:
         """How a batch of tasks is computed on ``device``: ``vmap``, ``threads`` or ``loop``."""
@@ -343,11 +318,10 @@ class GradientLearner(MetaLearner):
         return "threads" if self.task_workers(device) > 1 else "loop"
 
     def task_workers(self, device: torch.device) -> int:
-        return cpu_task_workers(self.hparams.vectorize, device)
+        return self.execution.task_workers(device)
 
     def _autocast(self, device: torch.device):
-        use = self.hparams.precision == "bf16" or (self.hparams.precision == "auto" and device.type == "cuda")
-        return torch.autocast(device.type, dtype=torch.bfloat16) if use else nullcontext()
+        return self.execution.autocast(device)
 
     def adapt_params(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, steps: int,
                      second_order: bool, functional: bool = False, update: Update | None = None,

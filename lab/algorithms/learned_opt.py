@@ -26,22 +26,14 @@ from torch import nn
 from lab.algorithms.base import StepOutput, register
 from lab.algorithms.inner import GradientLearner, InnerHparams, Params, Update, param_key, sgd
 from lab.episodes import Episode
+from lab.fields import number, positive
 
 
 @dataclass(frozen=True)
 class LearnedOptHparams(InnerHparams):
-    update_hidden: int = 16  # hidden units of the coordinate-wise update network
-    momentum: float = 0.9  # decay of the momentum the network reads
+    update_hidden: int = positive(16)  # hidden units of the coordinate-wise update network
+    momentum: float = number(0.9, low=0, high=1, high_open=True)  # decay of the momentum the network reads
     compare_sgd: bool = True  # also measure plain SGD on each training batch (costs a first-order inner loop)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not isinstance(self.update_hidden, int) or isinstance(self.update_hidden, bool) or self.update_hidden < 1:
-            raise ValueError(f"update_hidden: must be a positive whole number, not {self.update_hidden!r}")
-        if not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum: must be in [0, 1), not {self.momentum!r}")
-        if not isinstance(self.compare_sgd, bool):
-            raise ValueError(f"compare_sgd: must be true or false, not {self.compare_sgd!r}")
 
 
 class UpdateNet(nn.Module):

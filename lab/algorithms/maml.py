@@ -35,7 +35,7 @@ class FOMAMLHparams(InnerHparams):
 
 @dataclass(frozen=True)
 class ANILHparams(InnerHparams):
-    """ANIL's hyper-parameters; ``vectorize="vmap"`` batches the tasks by hand rather than with vmap."""
+    """ANIL's hyper-parameters (its batched execution stacks the tasks by hand rather than with vmap)."""
 
 
 @register
@@ -67,7 +67,7 @@ class ANIL(GradientLearner):
         return list(HEAD)
 
     def strategy(self, device: torch.device) -> str:
-        """``batched`` (every task in one pass; vectorize "vmap", or "auto" on CUDA), ``threads`` or ``loop``."""
+        """``batched`` (every task in one pass; vectorize "batched", or "auto" on CUDA), ``threads`` or ``loop``."""
         return "batched" if self._vectorized(device) else super().strategy(device)
 
     def _encode(self, *images: torch.Tensor) -> list[torch.Tensor]:

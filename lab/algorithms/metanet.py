@@ -32,25 +32,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput, register
-from lab.algorithms.inner import cpu_task_workers, encode, task_by_task
+from lab.algorithms.inner import encode, task_by_task
 from lab.episodes import Episode
+from lab.fields import check_fields, positive
 from lab.models import Conv4
 
 
 @dataclass(frozen=True)
 class MetaNetHparams:
-    hidden: int = 64  # Conv4 filters per layer
-    meta_hidden: int = 128  # hidden units of the meta network m
-    key_dim: int = 64  # size of the memory keys
-    vectorize: str = "auto"  # "batched": every task in one pass; "loop": task by task; "threads": tasks side by side in CPU threads; auto: batched on CUDA, threads on a multi-core CPU
+    hidden: int = positive(64)  # Conv4 filters per layer
+    meta_hidden: int = positive(128)  # hidden units of the meta network m
+    key_dim: int = positive(64)  # size of the memory keys
 
     def __post_init__(self):
-        if self.vectorize not in ("auto", "batched", "loop", "threads"):
-            raise ValueError(f"vectorize: must be 'auto', 'batched', 'loop' or 'threads', not {self.vectorize!r}")
-        for name in ("hidden", "meta_hidden", "key_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: must be a positive whole number, not {value!r}")
+        check_fields(self)
 
 
 @register
@@ -90,17 +85,16 @@ class MetaNet(MetaLearner):
         return torch.einsum("...qnd,...qd->...qn", weights, query_e) + self.slow_bias
 
     def strategy(self, device: torch.device) -> str:
-        choice = self.hparams.vectorize
-        if choice == "batched" or (choice == "auto" and device.type == "cuda"):
+        if self.execution.batched(device):
             return "batched"
-        return "threads" if cpu_task_workers(choice, device) > 1 else "loop"
+        return "threads" if self.execution.task_workers(device) > 1 else "loop"
 
     def outer_loss(self, batch: Episode) -> StepOutput:
         if self.strategy(batch.support_x.device) == "batched":
             loss, correct = self.batch_loss(*batch[:4], batch.n_way)
             return StepOutput(loss, correct / batch.query_y.numel())
         return task_by_task(self, batch, lambda *task: self.batch_loss(*task, batch.n_way),
-                            cpu_task_workers(self.hparams.vectorize, batch.support_x.device))
+                            self.execution.task_workers(batch.support_x.device))
 
     def batch_loss(self, support_x, support_y, query_x, query_y, n_way: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean query loss and correct count of one task, or of tasks stacked on a leading dimension."""

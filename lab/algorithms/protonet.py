@@ -7,22 +7,23 @@ classified by a softmax over negative squared Euclidean distances to the prototy
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput, register
 from lab.episodes import Episode
+from lab.fields import check_fields
 from lab.models import Conv4, proto_logits, prototypes  # noqa: F401  (the metric of this module)
 
 
 @dataclass(frozen=True)
 class ProtoHparams:
-    distance: str = "euclidean"  # squared Euclidean (the paper's choice) or cosine
+    distance: Literal["euclidean", "cosine"] = "euclidean"  # squared Euclidean (the paper's choice) or cosine
 
     def __post_init__(self):
-        if self.distance not in ("euclidean", "cosine"):
-            raise ValueError(f"distance: must be 'euclidean' or 'cosine', not {self.distance!r}")
+        check_fields(self)
 
 
 @register

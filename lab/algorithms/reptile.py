@@ -17,6 +17,7 @@ a new mini-batch of them at each step (the paper's "train shots" and "inner batc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,27 +25,21 @@ import torch.nn.functional as F
 from lab.algorithms.base import StepOutput, register
 from lab.algorithms.inner import GradientLearner, InnerHparams, map_in_threads, surrogate_loss
 from lab.episodes import Episode
+from lab.fields import positive
 
 
 @dataclass(frozen=True)
 class ReptileHparams(InnerHparams):
     first_order: bool = True  # Reptile never differentiates through the inner loop
-    test_inner_steps: int | None = 10  # steps when adapting to a new task (the paper takes 50)
-    outer_optimizer: str = "adam"  # "sgd": theta += meta_lr * (theta_adapted - theta); "adam": Adam on that direction
+    test_inner_steps: int | None = positive(10)  # steps when adapting to a new task (the paper takes 50)
+    outer_optimizer: Literal["adam", "sgd"] = "adam"  # "sgd": theta += meta_lr * (theta_adapted - theta); "adam": Adam on that direction
     train_on_query: bool = True  # meta-training adapts on support and query images alike (the paper's "train shots")
-    inner_batch: int | None = 10  # images per inner step in meta-training, new ones each step (the paper's 10); None: all
+    inner_batch: int | None = positive(10)  # images per inner step in meta-training, new ones each step (the paper's 10); None: all
 
     def __post_init__(self):
         super().__post_init__()
         if self.first_order is not True:
             raise ValueError("first_order: Reptile is first-order by construction; leave it true")
-        if self.outer_optimizer not in ("adam", "sgd"):
-            raise ValueError(f"outer_optimizer: must be 'adam' or 'sgd', not {self.outer_optimizer!r}")
-        if self.inner_batch is not None and (not isinstance(self.inner_batch, int) or isinstance(self.inner_batch, bool)
-                                             or self.inner_batch < 1):
-            raise ValueError(f"inner_batch: must be a positive whole number or null, not {self.inner_batch!r}")
-        if not isinstance(self.train_on_query, bool):
-            raise ValueError(f"train_on_query: must be true or false, not {self.train_on_query!r}")
 
 
 @register
