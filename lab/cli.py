@@ -8,6 +8,7 @@ printed as one line on stderr with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -15,9 +16,7 @@ import time
 from pathlib import Path
 
 from lab import runs
-from lab.algorithms.execution import PRECISION, VECTORIZE
 from lab.clustering import EMBEDDINGS, SOURCES
-from lab.config import LR_SCHEDULES
 from lab.data import DATASETS, DatasetUnavailable
 from lab.device import DEVICE_CHOICES
 
@@ -63,16 +62,7 @@ def _config_from_args(args):
     from lab.config import TrainConfig
     from lab.zoo import recipe_defaults
 
-    hparams = json.loads(args.hparams) if args.hparams else None
-    fields = {
-        "algorithm": args.algorithm, "dataset": args.dataset, "data_dir": args.data_dir,
-        "split_scheme": args.split_scheme, "n_way": args.n_way, "k_shot": args.k_shot, "n_query": args.n_query,
-        "train_way": args.train_way, "meta_batch": args.meta_batch, "meta_lr": args.meta_lr,
-        "lr_schedule": args.lr_schedule, "steps": args.steps, "minutes": args.minutes, "seed": args.seed,
-        "device": args.device, "vectorize": args.vectorize, "precision": args.precision,
-        "val_every": args.val_every, "val_episodes": args.val_episodes, "log_every": args.log_every,
-        "hparams": hparams, "augment": args.augment,
-    }
+    fields = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig) if f.name != "init_from"}
     given = {k: v for k, v in fields.items() if v is not None}
     taken = {k: v for k, v in recipe_defaults(args.algorithm, args.dataset).items() if k not in given}
     if taken:
@@ -151,7 +141,7 @@ def cmd_train_clustered(args) -> int:
               "val_every": args.val_every, "val_episodes": args.val_episodes,
               "log_every": args.log_every}
     config = clustered_config(args.base, args.k, args.source, args.embedding,
-                              json.loads(args.hparams) if args.hparams else None, **fields)
+                              args.hparams, **fields)
     run_dir = runs.create_run(args.runs_dir or runs.default_runs_dir(), config, args.name)
     bar = _progress(config.steps, "clustered")
     for record in train_clustered(config, run_dir):
@@ -537,6 +527,55 @@ def cmd_sweep(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+ALWAYS_GIVEN = ("algorithm", "dataset", "n_way", "k_shot", "seed", "device")
+"""Settings a zoo recipe never fills in for a new run: they define the task it is asked for."""
+NOT_OPTIONS = ("data_dir", "init_from")  # --data-dir is common to every command; init_from comes from the zoo
+
+
+def config_options(q: argparse.ArgumentParser) -> None:
+    """One option per :class:`~lab.config.TrainConfig` setting, from its declaration and the comment after it."""
+    from lab.config import TrainConfig
+    from lab.fields import declared, field_comments
+
+    help_of, defaults = field_comments(TrainConfig), TrainConfig()
+    for d in declared(TrainConfig):
+        if d.name in NOT_OPTIONS:
+            continue
+        flag, text = f"--{d.name.replace('_', '-')}", help_of.get(d.name, "").replace("%", "%%")
+        default = getattr(defaults, d.name) if d.name in ALWAYS_GIVEN else None
+        if d.kind == "bool":
+            q.add_argument(flag, action="store_true", default=None, help=text)
+        elif d.kind == "json":
+            q.add_argument(flag, type=_json_object, help=f"{text} (JSON, e.g. '{{\"inner_steps\": 5}}')")
+        else:
+            kind = {"int": int, "float": float, "str": str}[d.kind]
+            q.add_argument(flag, type=kind, default=default, choices=list(d.choices) or None, help=text)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg} at character {err.pos}): {text}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"inner_steps\": 5}}', not {text}")
+    return value
+
+
+def episode_options(q: argparse.ArgumentParser, source_help: str) -> None:
+    """The options that choose the test episodes, shared by ``eval`` and ``compare``."""
+    q.add_argument("--dataset", choices=DATASETS, help="default: the run's own (another dataset uses all its classes)")
+    q.add_argument("--split", choices=("train", "val", "test", "all"))
+    q.add_argument("--n-way", type=int)
+    q.add_argument("--k-shot", type=int)
+    q.add_argument("--n-query", type=int, default=15)
+    q.add_argument("--episodes", type=int, default=1000)
+    q.add_argument("--seed", type=int, default=0, help="seeds the test episodes: same seed, same episodes")
+    q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    q.add_argument("--source", choices=SOURCES, help=source_help)
+    q.add_argument("--folder", help="a folder of images (one sub-folder per class) that joins the mixed source")
+
+
 def _parser() -> argparse.ArgumentParser:
     from lab.algorithms import REGISTRY
 
@@ -552,33 +591,10 @@ def _parser() -> argparse.ArgumentParser:
     common(q)
     q.set_defaults(func=cmd_datasets)
 
-    q = sub.add_parser("train", help="meta-train an algorithm; prints the run folder last")
+    q = sub.add_parser("train", help="meta-train an algorithm; prints the run folder last",
+                       description="Settings left out come from the algorithm's zoo recipe, else the defaults.")
     common(q, json_flag=False)
-    q.add_argument("--algorithm", default="protonet", choices=sorted(REGISTRY))
-    q.add_argument("--dataset", default="digits", choices=DATASETS)
-    q.add_argument("--split-scheme", help="the dataset's class split (omniglot: vinyals, background, small1, small2)")
-    q.add_argument("--n-way", type=int, default=5)
-    q.add_argument("--k-shot", type=int, default=1)
-    q.add_argument("--n-query", type=int, help="queries per class (default: the algorithm's zoo recipe, else 15)")
-    q.add_argument("--train-way", type=int, help="classes per training task (default: --n-way, or the recipe's "
-                   "on its dataset)")
-    q.add_argument("--meta-batch", type=int)
-    q.add_argument("--meta-lr", type=float)
-    q.add_argument("--lr-schedule", choices=LR_SCHEDULES,
-                   help="cosine: the meta learning rate falls to zero by the end")
-    q.add_argument("--steps", type=int)
-    q.add_argument("--minutes", type=float, help="wall-clock budget; with --steps, whichever ends first")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    q.add_argument("--vectorize", choices=VECTORIZE,
-                   help="the tasks of a batch: in one pass, in CPU threads, or one by one (default: auto)")
-    q.add_argument("--precision", choices=PRECISION, help="bf16 autocast or fp32 (default: auto, bf16 on CUDA)")
-    q.add_argument("--augment", action="store_true", default=None,
-                   help="small random affine changes and stroke thickness on the training images")
-    q.add_argument("--val-every", type=int)
-    q.add_argument("--val-episodes", type=int)
-    q.add_argument("--log-every", type=int)
-    q.add_argument("--hparams", help='the algorithm\'s hyper-parameters as JSON, e.g. \'{"inner_steps": 5}\'')
+    config_options(q)
     q.add_argument("--runs-dir", help="folder of runs (default: $LAB_RUNS_DIR or ./runs)")
     q.add_argument("--name", help="run name (letters, digits, '.', '_', '-')")
     q.add_argument("--base", help="clustered: the run folder whose model the cluster experts start from")
@@ -603,17 +619,8 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("eval", help="meta-test a run: accuracy with its 95%% confidence interval")
     common(q)
     q.add_argument("run", help="a run folder, a checkpoint file, zoo:NAME or default")
-    q.add_argument("--dataset", choices=DATASETS, help="default: the run's own (another dataset uses all its classes)")
-    q.add_argument("--split", choices=("train", "val", "test", "all"))
-    q.add_argument("--n-way", type=int)
-    q.add_argument("--k-shot", type=int)
-    q.add_argument("--n-query", type=int, default=15)
-    q.add_argument("--episodes", type=int, default=1000)
-    q.add_argument("--seed", type=int, default=0, help="seeds the test episodes: same seed, same episodes")
-    q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    q.add_argument("--source", choices=SOURCES,
-                   help="draw the test tasks from a task source (default for a clustered run: its own)")
-    q.add_argument("--folder", help="a folder of images (one sub-folder per class) that joins the mixed source")
+    episode_options(q, source_help="draw the test tasks from a task source (default for a clustered run: "
+                                        "its own)")
     q.add_argument("--protocol", default="episodes", choices=("episodes", "lake"),
                    help="lake: Lake et al.'s 20 runs of 20-way within-alphabet one-shot (mean error rate)")
     q.add_argument("--lake-runs", type=int, default=20, help="lake: the number of runs")
@@ -640,16 +647,7 @@ def _parser() -> argparse.ArgumentParser:
     common(q)
     q.add_argument("run_a")
     q.add_argument("run_b")
-    q.add_argument("--dataset", choices=DATASETS)
-    q.add_argument("--split", choices=("train", "val", "test", "all"))
-    q.add_argument("--n-way", type=int)
-    q.add_argument("--k-shot", type=int)
-    q.add_argument("--n-query", type=int, default=15)
-    q.add_argument("--episodes", type=int, default=1000)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    q.add_argument("--source", choices=SOURCES, help="draw the test tasks from a task source instead of a dataset")
-    q.add_argument("--folder", help="a folder of images (one sub-folder per class) that joins the mixed source")
+    episode_options(q, source_help="draw the test tasks from a task source instead of a dataset")
     q.set_defaults(func=cmd_compare)
 
     q = sub.add_parser("predict", help="predict an image's class with a model adapted to a support set")

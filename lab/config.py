@@ -22,7 +22,7 @@ class TrainConfig:
     algorithm: str = choice("protonet", REGISTRY)  # a name from lab.algorithms.REGISTRY
     dataset: str = choice("digits", DATASETS)  # digits needs no download, so it always works
     data_dir: str | None = None  # data root (for 'folder': the image folder); None: LAB_DATA_DIR or the default
-    split_scheme: str | None = None  # the dataset's class split; None: its default (Omniglot: vinyals)
+    split_scheme: str | None = None  # the dataset's class split (Omniglot: vinyals, background, small1, small2); None: its default
     n_way: int = number(5, low=2)  # classes per task at validation and test time
     k_shot: int = positive(1)  # labelled examples per class in the support set
     n_query: int = positive(15)  # examples per class to classify in each task
