@@ -209,6 +209,15 @@ def _restart_clustered(run_dir: Path) -> int:
     return _report_outcome(run_dir)
 
 
+def _validation_line(record: dict) -> str:
+    """A validated record in one line; a cluster experts' last record carries no training loss."""
+    said = [f"loss {record['loss']:.4f}", f"accuracy {record['accuracy']:.3f}"] if "loss" in record else []
+    said.append(f"meta-validation {record['val_accuracy']:.3f}")
+    if "base_val_accuracy" in record:
+        said.append(f"the base alone {record['base_val_accuracy']:.3f}")
+    return f"step {record['step']}: " + ", ".join(said)
+
+
 def cmd_run(args) -> int:
     from lab.config import TrainConfig
     from lab.distributed import init_from_env
@@ -220,8 +229,7 @@ def cmd_run(args) -> int:
     try:
         for record in run_queued(run_dir, world):
             if "val_accuracy" in record and world.is_main:
-                print(f"step {record['step']}: loss {record['loss']:.4f}, accuracy {record['accuracy']:.3f}, "
-                      f"meta-validation {record['val_accuracy']:.3f}", file=sys.stderr)
+                print(_validation_line(record), file=sys.stderr)
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@ import math
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
-from lab import runs
+from lab import jobs, runs
 from lab.cli import main
 from lab.clustering import (
     EMBEDDINGS, agreement, analyse, cluster_table, elbow_k, embed_support, embed_tasks,
@@ -20,7 +21,7 @@ from lab.clustering import (
 from lab.config import TrainConfig
 from lab.episodes import Episode
 from lab.evaluation import evaluate_run, meta_test
-from lab.experts import untrained_model
+from lab.experts import clustered_config, untrained_model
 from lab.models import proto_logits, prototypes
 from lab.training import train
 
@@ -358,3 +359,19 @@ def test_the_train_button_starts_the_experts_in_a_background_process(clustered_r
         assert config["algorithm"] == "clustered" and config["steps"] == 2
     finally:
         os.killpg(pid, signal.SIGTERM)
+
+
+def test_cluster_experts_started_by_the_one_launcher_finish_and_log_where_every_run_logs(base_run, tmp_path, omniglot,
+                                                                                         mnist):
+    config = clustered_config(base_run, k=2, source="mixed", hparams={"tasks": 40}, steps=4, meta_batch=2, n_query=3,
+                              val_episodes=12, val_every=2, log_every=2)
+    run_dir = jobs.start(tmp_path, config, "experts-in-the-background")
+    deadline = time.time() + 240
+    while time.time() < deadline and runs.read_status(run_dir)["state"] in ("queued", "running"):
+        time.sleep(0.5)
+    status = runs.read_status(run_dir)
+    log = (run_dir / jobs.LOG_FILE).read_text()
+    assert status["state"] == "finished", log[-2000:]
+    assert status["step"] == 4 and sum(status["cluster_sizes"]) == 40
+    assert "the base alone" in log and "Traceback" not in log
+    assert runs.load_model(run_dir)[0].algorithm == "clustered"

@@ -251,12 +251,12 @@ def train_form() -> tuple[dict, dict[str, str]]:
     seed = _number(c2, errors, "Seed", "seed", algorithm)
 
     st.markdown("**Machine**")
-    c1, c2, c3 = st.columns(3)
+    c1, c2 = st.columns(2)
     device = c1.selectbox("Device", DEVICE_CHOICES, index=DEVICE_CHOICES.index(DEFAULTS.device), key="device",
                           bind=Q, help=HELP.get("device"))
-    vectorize = c2.selectbox("Tasks of a batch", VECTORIZE, index=VECTORIZE.index(DEFAULTS.vectorize), key="vectorize",
+    vectorize = c2.selectbox("Task batching", VECTORIZE, index=VECTORIZE.index(DEFAULTS.vectorize), key="vectorize",
                              bind=Q, help=HELP.get("vectorize"))
-    precision = c3.selectbox("Precision", PRECISION, index=PRECISION.index(DEFAULTS.precision), key="precision",
+    precision = c1.selectbox("Precision", PRECISION, index=PRECISION.index(DEFAULTS.precision), key="precision",
                              bind=Q, help=HELP.get("precision"))
 
     st.markdown("**Budget**")
