@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
-from lab.algorithms.execution import Execution, lift_machine_settings
+from lab.algorithms.execution import Execution, StepOutput, lift_machine_settings  # noqa: F401  (StepOutput: part of the protocol)
 from lab.episodes import Episode
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 """Images ``(n, 1, H, W)`` -> logits ``(n, n_way)`` for the task it was adapted to."""
-
-
-@dataclass
-class StepOutput:
-    """One outer step's loss (to back-propagate), its query accuracy, and named extras to log."""
-
-    loss: torch.Tensor
-    accuracy: torch.Tensor
-    extras: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

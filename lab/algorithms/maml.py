@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from lab.algorithms.base import Predictor, StepOutput, register
-from lab.algorithms.inner import HEAD, GradientLearner, InnerHparams, Params, encode, inner_loop, task_by_task
+from lab.algorithms.execution import task_by_task
+from lab.algorithms.inner import HEAD, GradientLearner, InnerHparams, Params, encode, inner_loop
 from lab.episodes import Episode
 
 

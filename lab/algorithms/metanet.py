@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput, register
-from lab.algorithms.inner import encode, task_by_task
+from lab.algorithms.execution import task_by_task
+from lab.algorithms.inner import encode
 from lab.episodes import Episode
 from lab.fields import check_fields, positive
 from lab.models import Conv4

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from lab.algorithms.base import StepOutput, register
-from lab.algorithms.inner import GradientLearner, InnerHparams, map_in_threads, surrogate_loss
+from lab.algorithms.execution import map_in_threads, surrogate_loss
+from lab.algorithms.inner import GradientLearner, InnerHparams
 from lab.episodes import Episode
 from lab.fields import positive
 
