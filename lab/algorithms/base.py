@@ -60,7 +60,11 @@ class MetaLearner(nn.Module):
         raise NotImplementedError
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Predictor:
-        """A predictor for the task whose labelled examples are ``support_x``, ``support_y``."""
+        """A predictor for the task whose labelled examples are ``support_x``, ``support_y``.
+
+        The predictor builds no autograd graph (:func:`input_grad`) unless its input requires
+        grad, as when an explanation (:mod:`lab.explain`) differentiates the logits with respect
+        to the image."""
         raise NotImplementedError
 
     def internals(self) -> dict:
@@ -69,6 +73,11 @@ class MetaLearner(nn.Module):
 
     def configure_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=meta_lr)
+
+
+def input_grad(x: torch.Tensor):
+    """The grad mode of a predictor's call: off, unless the caller differentiates with respect to ``x``."""
+    return torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad)
 
 
 REGISTRY: dict[str, type[MetaLearner]] = {}

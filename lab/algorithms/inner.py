@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.algorithms.base import MetaLearner, Predictor, StepOutput
+from lab.algorithms.base import MetaLearner, Predictor, StepOutput, input_grad
 from lab.algorithms.execution import task_by_task
 from lab.device import CPU_CHUNK
 from lab.episodes import Episode
@@ -135,7 +135,7 @@ def gradients(loss_fn: LossFn, params: Params, names: Sequence[str], create_grap
 
 def inner_loop(loss_fn: LossFn | Sequence[LossFn], params: Params, steps: int, update: Update,
                adapted: Sequence[str] | None = None, second_order: bool = True, functional: bool = False,
-               symmetric_head: bool = False) -> Params:
+               symmetric_head: bool = False, on_step: Callable[[int, Params], None] | None = None) -> Params:
     """``steps`` steps of ``update`` on the support loss ``loss_fn``, from ``params``; the adapted params.
 
     ``loss_fn`` may also be a sequence of losses, one per step (mini-batches of the support
@@ -144,7 +144,8 @@ def inner_loop(loss_fn: LossFn | Sequence[LossFn], params: Params, steps: int, u
     through the steps. ``symmetric_head`` promises
     that the head's rows (``head.weight``, ``head.bias``) are all equal at the start, so step 0
     differentiates the head alone (the other gradients are exactly zero then, see the module's
-    docstring); the result is then the same, only cheaper.
+    docstring); the result is then the same, only cheaper. ``on_step(k, params)`` is called with
+    the parameters after each step k = 1..steps (to watch a task being learned).
     """
     adapted = list(params) if adapted is None else list(adapted)
     state: dict = {}
@@ -157,6 +158,8 @@ def inner_loop(loss_fn: LossFn | Sequence[LossFn], params: Params, steps: int, u
         grads = gradients(loss, params, names, second_order, functional, alias=[k for k in names if k not in moved])
         params, state = update(step, params, grads, state)
         moved = set(grads)
+        if on_step is not None:
+            on_step(step + 1, params)
     return params
 
 
@@ -242,13 +245,14 @@ class GradientLearner(MetaLearner):
 
     def adapt_params(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor, steps: int,
                      second_order: bool, functional: bool = False, update: Update | None = None,
-                     batch: int | None = None) -> Params:
+                     batch: int | None = None, on_step: Callable[[int, Params], None] | None = None) -> Params:
         """The task's parameters after ``steps`` inner steps on its support set (by ``update``,
-        default the algorithm's own rule), each step on the next ``batch`` images (default: all)."""
+        default the algorithm's own rule), each step on the next ``batch`` images (default: all);
+        ``on_step(k, params)`` after each step."""
         losses = [partial(self.support_loss, x=x, y=y) for x, y in mini_batches(support_x, support_y, batch, steps)]
         return inner_loop(losses, params, steps,
                           update or self.update_rule(steps), self.adapted_names(params), second_order, functional,
-                          symmetric_head=True)
+                          symmetric_head=True, on_step=on_step)
 
     # ----------------------------------------------------------------- meta-training
 
@@ -290,7 +294,7 @@ class GradientLearner(MetaLearner):
         params = {k: v.detach() for k, v in params.items()}
 
         def predict(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
+            with input_grad(x):
                 return self.logits(params, x)
 
         return predict

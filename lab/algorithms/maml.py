@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lab.algorithms.base import Predictor, StepOutput, register
+from lab.algorithms.base import Predictor, StepOutput, input_grad, register
 from lab.algorithms.execution import task_by_task
 from lab.algorithms.inner import HEAD, GradientLearner, InnerHparams, Params, encode, inner_loop
 from lab.episodes import Episode
@@ -124,7 +124,7 @@ class ANIL(GradientLearner):
         heads = {k: v.detach() for k, v in heads.items()}
 
         def predict(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
+            with input_grad(x):
                 return head_logits(heads, self._encode(x[None])[0])[0]
 
         return predict

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.algorithms.base import MetaLearner, Predictor, StepOutput, register
+from lab.algorithms.base import MetaLearner, Predictor, StepOutput, input_grad, register
 from lab.algorithms.execution import task_by_task
 from lab.algorithms.inner import encode
 from lab.episodes import Episode
@@ -111,7 +111,7 @@ class MetaNet(MetaLearner):
             memory = self.fast_weights(self.embed(support_x), support_y, n_way)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
+            with input_grad(x):
                 return self.query_logits(memory, self.embed(x))
 
         return predict

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from lab.algorithms.base import MetaLearner, Predictor, StepOutput, register
+from lab.algorithms.base import MetaLearner, Predictor, StepOutput, input_grad, register
 from lab.episodes import Episode
 from lab.fields import check_fields
 from lab.models import Conv4, proto_logits, prototypes  # noqa: F401  (the metric of this module)
@@ -54,7 +54,7 @@ class ProtoNet(MetaLearner):
             protos = prototypes(self.embed(support_x), support_y, n_way)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
+            with input_grad(x):
                 return proto_logits(self.embed(x), protos, self.hparams.distance)
 
         return predict

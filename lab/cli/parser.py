@@ -147,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--k-shot", type=int, default=5, help="examples per digit, 1 to 10")
     q.add_argument("--seed", type=int, default=0, help="seeds the choice of the digit examples")
     q.add_argument("--taught", help="a taught-set file (saved by the Draw page) instead of digits")
+    q.add_argument("--explain", action="store_true", help="also why: the nearest support examples, an attribution "
+                   "map over the input, and (gradient-based learners) the inner steps one by one")
     q.set_defaults(func=cmd_predict)
 
     q = sub.add_parser("calibrate", help="fit a temperature and a doubt rule on the run's validation split and "
