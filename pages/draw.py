@@ -15,6 +15,7 @@ from lab.predict import (
     load_digit_bank, load_predictor, montage,
 )
 from lab.preprocess import MAX_UPLOAD_BYTES, BadImage, BlankImage, prepare_bytes, to_png
+from ui.explain import show_explanation
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
 UPLOAD_MB = MAX_UPLOAD_BYTES // 2**20  # the server takes bigger files (.streamlit/config.toml) so they get a message
@@ -125,6 +126,9 @@ def show_prediction(predictor: Predictor, data: bytes | None, kind: str, support
                       xaxis=dict(range=[0, 1], tickformat=".0%", title="probability"),
                       yaxis=dict(type="category", autorange="reversed"), plot_bgcolor="rgba(0,0,0,0)")
     st.plotly_chart(fig, config={"displayModeBar": False}, key=f"bars-{support.source}")
+    if st.toggle("Why? Explain this prediction", key="why",
+                 help="The nearest examples, where the model looked, and (gradient-based learners) each inner step"):
+        show_explanation(predictor, p, support, shown_name)
 
 
 # --------------------------------------------------------------------------- page

@@ -236,3 +236,39 @@ def test_a_run_from_the_run_store_can_be_chosen_instead_of_the_shipped_model(tmp
     assert not at.exception and any("Meta-trained on digits" in c.value for c in at.sidebar.caption)
     at = upload(at, "digit", "zero.png", zero())
     assert top_class(at) in tuple("0123456789")
+
+
+def test_why_shows_the_nearest_examples_where_it_looked_and_says_a_protonet_does_not_step():
+    at = upload(page(), "digit", "zero.png", zero())
+    at.toggle(key="why").set_value(True).run()
+    assert not at.exception and not at.error
+    assert top_class(at) == "0"
+    captions = [c.value for c in at.caption]
+    assert any("nearest to the drawing" in c for c in captions)
+    assert any("Integrated Gradients" in c for c in captions)
+    assert any("does not adapt by gradient steps" in i.value for i in at.info)
+    assert len(at.get("plotly_chart")) == 3  # the bars, the attribution map, the embedding map
+    at.radio(key="why-view").set_value(at.radio(key="why-view").options[1]).run()  # the contrast with the runner-up
+    assert not at.exception and "rather than" in at.radio(key="why-view").value
+
+
+def test_why_steps_through_a_maml_model_s_inner_loop(tmp_path, monkeypatch):
+    from lab import runs
+    from lab.config import TrainConfig
+    from lab.training import train
+
+    config = TrainConfig(algorithm="maml", dataset="digits", n_query=5, steps=10, val_every=10, val_episodes=5,
+                         hparams={"hidden": 16, "inner_steps": 2})
+    run_dir = runs.create_run(tmp_path, config, "maml-digits")
+    list(train(config, run_dir))
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path))
+    at = page()
+    label = [o for o in at.sidebar.selectbox[0].options if "maml-digits" in o][0]
+    at.sidebar.selectbox[0].set_value(label).run()
+    at = upload(at, "digit", "zero.png", zero())
+    at.toggle(key="why").set_value(True).run()
+    assert not at.exception and not at.error
+    assert at.slider(key="why-step").value == 2  # the last step: the answer shown
+    at.slider(key="why-step").set_value(0).run()
+    assert not at.exception
+    assert any("After 0 step(s)" in c.value for c in at.caption)
