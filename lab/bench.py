@@ -95,9 +95,13 @@ def _drawing_png(digit, side: int = 280) -> bytes:
     return buf.getvalue()
 
 
+EXPLAINED = 20  # drawings whose whole explanation (lab.explain) is timed
+
+
 def bench_predict(args) -> dict:
     """Preprocessing + prediction of one drawing (p50/p95 over 200 drawings, the shipped model, 10-way
-    5-shot digit support), and the time to adapt to a new 10-way 5-shot support set."""
+    5-shot digit support), the time to adapt to a new 10-way 5-shot support set, and the time of a
+    whole explanation (neighbours, map, attribution, steps) of one drawing."""
     import numpy as np
     import torch
 
@@ -124,6 +128,13 @@ def bench_predict(args) -> dict:
         prediction = predictor.predict_bytes(data, support)
         times.append(1000 * (time.perf_counter() - t0))
         correct += prediction.top == str(label)
+    explain_ms = []
+    for data, _ in drawings[:EXPLAINED + 1]:  # the first warms up
+        image = predictor.predict_bytes(data, support).image
+        t0 = time.perf_counter()
+        predictor.explain(image, support)
+        explain_ms.append(1000 * (time.perf_counter() - t0))
+    explain_ms = explain_ms[1:]
     return {
         "model": "default",
         "support": bank.source,
@@ -136,6 +147,9 @@ def bench_predict(args) -> dict:
         "adapt_ms": round(float(np.median(adapt_ms)), 2),
         "adapt_p95_ms": round(float(np.percentile(adapt_ms, 95)), 2),
         "accuracy": round(correct / len(drawings), 4),
+        "explain_p50_ms": round(float(np.percentile(explain_ms, 50)), 2),
+        "explain_p95_ms": round(float(np.percentile(explain_ms, 95)), 2),
+        "explained": len(explain_ms),
         "predict_threads": predictor.threads,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -398,7 +412,8 @@ def format_result(what: str, result) -> str:
     if what == "predict":
         return (f"one drawing, preprocess + predict: p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms over "
                 f"{result['drawings']} drawings ({100 * result['accuracy']:.1f}% right); adapting to a 10-way 5-shot "
-                f"support set: {result['adapt_ms']} ms")
+                f"support set: {result['adapt_ms']} ms; explaining one: p50 {result['explain_p50_ms']} ms, "
+                f"p95 {result['explain_p95_ms']} ms over {result['explained']} drawings")
     if what == "draw":
         lines = [f"pad drawings of {result['digits']} MNIST test digits, mean over {len(result['support_seeds'])} "
                  f"support sets (page's support in brackets):"]

@@ -72,13 +72,14 @@ def attribution(predictor, image: torch.Tensor, target: int, other: int | None) 
     """Integrated Gradients of logit ``target`` (and of ``target`` minus ``other``) over the image's pixels,
     from a blank image; each a ``(28, 28)`` list, with Captum's convergence delta."""
     ig = IntegratedGradients(lambda x: predictor(x))
-    x = image[None].clone().requires_grad_()
-    with torch.enable_grad():
-        attr, delta = ig.attribute(x, target=target, n_steps=IG_STEPS, return_convergence_delta=True)
-        out = {"target": attr[0, 0].detach().numpy(), "delta": float(delta.abs().max())}
-        if other is not None:
-            contrast = IntegratedGradients(lambda x: predictor(x)[:, target] - predictor(x)[:, other])
-            out["contrast"] = contrast.attribute(x, n_steps=IG_STEPS)[0, 0].detach().numpy()
+    targets = [target] if other is None else [target, other]
+    x = image[None].expand(len(targets), *image.shape).clone().requires_grad_()
+    with torch.enable_grad():  # both classes in one batch; IG is linear, so the contrast is their difference
+        attr, delta = ig.attribute(x, target=targets, n_steps=IG_STEPS, return_convergence_delta=True)
+    attr = attr[:, 0].detach().cpu().numpy()
+    out = {"target": attr[0], "delta": float(delta[0].abs())}
+    if other is not None:
+        out["contrast"] = attr[0] - attr[1]
     return out
 
 
@@ -104,13 +105,14 @@ def adaptation(model, support_x, support_y, image, n_way: int, temperature: floa
 
 
 def explain(model, support_x: torch.Tensor, support_y: torch.Tensor, image: torch.Tensor, class_names,
-            temperature: float = 1.0) -> dict:
+            temperature: float = 1.0, predictor=None) -> dict:
     """Every view of the prediction of ``image`` (``(1, 28, 28)`` float in [0, 1]) against the support set
-    (``(n, 1, 28, 28)``, labels ``(n,)``), JSON-ready."""
+    (``(n, 1, 28, 28)``, labels ``(n,)``), JSON-ready. ``predictor``: the model already adapted to this
+    support set (``model.adapt``), when the caller holds it."""
     n_way = len(class_names)
     model.eval()
     answering = _model_for(model, support_x, support_y, n_way)
-    predictor = model.adapt(support_x, support_y, n_way)
+    predictor = predictor or model.adapt(support_x, support_y, n_way)
     with torch.no_grad():
         probs = F.softmax(predictor(image[None])[0].float() / temperature, -1)
     order = probs.argsort(descending=True).tolist()

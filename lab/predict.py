@@ -31,6 +31,7 @@ import torch
 from lab import runs
 from lab.calibration import Doubt, checkpoint_file, fit_doubt, read_calibration
 from lab.data import dataset_status, load_dataset
+from lab.explain import explain
 from lab.preprocess import IMAGE_SIZE, normalise_digit, prepare_bytes
 
 DEFAULT_MODEL = runs.DEFAULT_MODEL
@@ -283,6 +284,15 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, torch.float32).div_(255.0).unsqueeze(1)
         with torch.no_grad():
             return predictor(x).float().cpu()
+
+    def explain(self, image: np.ndarray, support: SupportSet) -> dict:
+        """Why the model says what it says of one preprocessed uint8 ``(28, 28)`` image (:func:`lab.explain.explain`),
+        from the adaptation to ``support`` already made, on the predictor's threads."""
+        adapted = self._adapted_to(support)[0]
+        x, y = support.tensors(self.device)
+        with _torch_threads(self.threads):
+            return explain(self.model, x, y, torch.from_numpy(image).to(self.device, torch.float32).div(255.0)[None],
+                           support.class_names, self.temperature, adapted)
 
     def adapt(self, support: SupportSet) -> float:
         """Adapt to ``support`` unless already done; the milliseconds it took (0 when cached)."""

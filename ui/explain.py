@@ -3,9 +3,7 @@
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-import torch
 
-from lab.explain import explain
 from lab.preprocess import to_png
 
 PALETTE = ["#4f46e5", "#059669", "#d97706", "#dc2626", "#7c3aed", "#0891b2", "#65a30d", "#db2777", "#475569", "#ca8a04"]
@@ -16,10 +14,8 @@ def explanation_for(predictor, prediction, support) -> dict:
     key = ("explain", id(predictor.model), support.key, prediction.image.tobytes())
     cache = st.session_state.setdefault("explanations", {})
     if key not in cache:
-        x, y = support.tensors()
-        image = torch.from_numpy(prediction.image).float().div(255.0)[None]
         cache.clear()  # one drawing at a time
-        cache[key] = explain(predictor.model, x, y, image, support.class_names, predictor.temperature)
+        cache[key] = predictor.explain(prediction.image, support)
     return cache[key]
 
 

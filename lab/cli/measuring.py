@@ -144,14 +144,8 @@ def cmd_predict(args) -> int:
     prediction = predictor.predict_bytes(read_image_file(args.image), support)
     result = prediction.to_dict()
     if args.explain:
-        import torch
-
-        from lab.explain import explain
-
         t1 = time.perf_counter()
-        x, y = support.tensors()
-        image = torch.from_numpy(prediction.image).float().div(255.0)[None]
-        result["explanation"] = explain(predictor.model, x, y, image, support.class_names, predictor.temperature)
+        result["explanation"] = predictor.explain(prediction.image, support)
         result["timings_ms"]["explain"] = round(1000 * (time.perf_counter() - t1), 3)
     result["timings_ms"]["load_model"] = round(load_ms, 3)
     result.update(model=str(args.run), algorithm=config.algorithm, support=support.source, n_way=support.n_way,
