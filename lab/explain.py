@@ -83,8 +83,23 @@ def attribution(predictor, image: torch.Tensor, target: int, other: int | None) 
     return out
 
 
+def memory_read(model: MetaNet, support_x, support_y, image, n_way: int) -> list[dict]:
+    """Which support examples a Meta Network's memory read attended to for ``image``, most first."""
+    with torch.no_grad():
+        keys, _ = model.fast_weights(model.embed(support_x), support_y, n_way)
+        query = F.normalize(model.key(model.embed(image[None])), dim=-1)
+        attention = (model.log_beta.exp() * query @ keys.T).softmax(-1)[0]
+    order = attention.argsort(descending=True).tolist()
+    return [{"index": i, "label": int(support_y[i]), "attention": float(attention[i])} for i in order]
+
+
 def adaptation(model, support_x, support_y, image, n_way: int, temperature: float = 1.0) -> dict:
-    """The inner loop a gradient-based learner runs on this support set, step by step."""
+    """The inner loop a gradient-based learner runs on this support set, step by step (for a Meta
+    Network, which support examples its memory read attended to)."""
+    if isinstance(model, MetaNet):
+        return {"applies": False, "memory": memory_read(model, support_x, support_y, image, n_way),
+                "reason": "metanet does not adapt by gradient steps: it writes fast weights from the support set "
+                          "in one pass and reads them by attention (the support examples it attended to are listed)"}
     if not isinstance(model, GradientLearner):
         return {"applies": False, "reason": f"{model.name} does not adapt by gradient steps: "
                                             "it answers from the support set in one pass"}

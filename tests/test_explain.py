@@ -47,6 +47,9 @@ def test_every_algorithm_explains_or_says_which_view_does_not_apply(algorithm, e
         assert steps["applies"] and steps["steps"][0]["step"] == 0 and len(steps["steps"]) == model.test_steps + 1
     else:
         assert not steps["applies"] and "does not adapt by gradient steps" in steps["reason"]
+    if algorithm == "metanet":  # what its memory read attended to, summing to one over the support set
+        assert len(steps["memory"]) == len(episode.support_y)
+        assert sum(r["attention"] for r in steps["memory"]) == pytest.approx(1.0, abs=1e-5)
     json.dumps(out)  # JSON-ready
 
 

@@ -77,6 +77,11 @@ def show_explanation(predictor, prediction, support, shown_name) -> None:
         adapt = why["adaptation"]
         if not adapt["applies"]:
             st.info(adapt["reason"])
+            if adapt.get("memory"):
+                cols = st.columns(5)
+                for col, read in zip(cols, adapt["memory"][:5]):
+                    col.image(to_png(support.images[read["index"]], scale=3),
+                              caption=f"{shown_name(support.class_names[read['label']])} · {read['attention']:.0%}")
             return
         rows = adapt["steps"]
         k = st.slider("Inner step", 0, len(rows) - 1, len(rows) - 1, key="why-step")
