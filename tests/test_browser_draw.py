@@ -97,8 +97,18 @@ def set_stroke(pg, width: int) -> None:
     for _ in range(width - 6):
         thumb.press("ArrowRight")
     expect(thumb).to_have_value(str(width))
-    pg.wait_for_timeout(1000)  # the last key's rerun remounts the pad: let it come before drawing
-    wait_idle(pg)
+    wait_settled(pg)  # each key's rerun remounts the pad: draw only once the last one is over
+
+
+def wait_settled(pg, quiet_ms: int = 1500, timeout_ms: int = 60_000) -> None:
+    """Wait until the script has not been running for ``quiet_ms`` in a row (reruns queued by a burst of
+    key presses come one after another, each showing the status widget a while)."""
+    status = pg.locator("[data-testid='stStatusWidget']")
+    quiet, waited = 0, 0
+    while quiet < quiet_ms and waited < timeout_ms:
+        pg.wait_for_timeout(100)
+        waited += 100
+        quiet = 0 if status.is_visible() else quiet + 100
 
 
 def clear(pg) -> None:

@@ -97,7 +97,7 @@ def test_a_launched_run_shows_its_first_point_within_seconds_and_the_same_step_i
             # A refused value keeps Launch disabled, with its reason under the field.
             tab.goto(f"{url}/meta_train?{urlencode({**RUN, 'meta_lr': -0.01})}")
             main = tab.locator("[data-testid=stMain]")
-            expect(main.get_by_text("Must be positive, not -0.01")).to_be_visible()
+            expect(main.get_by_text("Must be a positive number, not -0.01")).to_be_visible()
             launch = main.get_by_role("button", name="Launch meta-training")
             expect(launch).to_be_disabled()
             screenshot(tab, "meta-train-refused")

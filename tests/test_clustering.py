@@ -19,7 +19,7 @@ from lab.clustering import (
     fit_feature_map, kmeans, load_source, scan_k, suggest_k,
 )
 from lab.config import TrainConfig
-from lab.episodes import Episode
+from lab.episodes import Episode, sample_episode
 from lab.evaluation import evaluate_run, meta_test
 from lab.experts import clustered_config, untrained_model
 from lab.models import proto_logits, prototypes
@@ -375,3 +375,18 @@ def test_cluster_experts_started_by_the_one_launcher_finish_and_log_where_every_
     assert status["step"] == 4 and sum(status["cluster_sizes"]) == 40
     assert "the base alone" in log and "Traceback" not in log
     assert runs.load_model(run_dir)[0].algorithm == "clustered"
+
+
+def test_a_clustered_model_explains_a_prediction_by_the_expert_it_routes_to(clustered_run, digits):
+    from lab.explain import explain
+
+    _, run_dir, _ = clustered_run
+    _, model = runs.load_model(run_dir)
+    episode = sample_episode(digits.pool("test"), 5, 2, 1, np.random.default_rng(2))
+    out = explain(model, episode.support_x, episode.support_y, episode.query_x[0], tuple("abcde"))
+    expert = model.experts[int(model.route(episode.support_x, episode.support_y, 5)[0])]
+    with torch.no_grad():
+        expected = torch.softmax(expert.adapt(episode.support_x, episode.support_y, 5)(episode.query_x[:1])[0], -1)
+    assert list(out["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-5)
+    assert len(out["neighbours"]) == 5 and np.isfinite(np.array(out["attribution"]["map"])).all()
+    assert not out["adaptation"]["applies"]  # the experts here are Prototypical Networks
