@@ -66,10 +66,14 @@ def _drive(config, run_dir: Path, resume: bool, world) -> int:
 
 
 def _report_outcome(run_dir: Path) -> int:
-    """How the run ended, on stderr, then its folder on stdout (last, for scripts)."""
+    """How the run ended, on stderr (cluster experts: with their base and cluster sizes), then its folder
+    on stdout (last, for scripts)."""
     status = runs.read_status(run_dir)
-    print(f"{status['state']} at step {status.get('step')}; best meta-validation accuracy "
-          f"{status.get('best_val_accuracy')}", file=sys.stderr)
+    line = (f"{status['state']} at step {status.get('step')}; best meta-validation accuracy "
+            f"{status.get('best_val_accuracy')}")
+    if "cluster_sizes" in status:
+        line += f" (base {status.get('base_val_accuracy')}); cluster sizes {status['cluster_sizes']}"
+    print(line, file=sys.stderr)
     print(run_dir)
     return 0
 
@@ -109,11 +113,7 @@ def cmd_train_clustered(args) -> int:
         if "loss" in record:
             bar.set_postfix(expert=record["expert"], loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
     bar.close()
-    status = runs.read_status(run_dir)
-    print(f"{status['state']} at step {status.get('step')}; validation accuracy {status.get('best_val_accuracy')} "
-          f"(base {status.get('base_val_accuracy')}); cluster sizes {status.get('cluster_sizes')}", file=sys.stderr)
-    print(run_dir)
-    return 0
+    return _report_outcome(run_dir)
 
 
 def cmd_resume(args) -> int:
