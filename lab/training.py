@@ -224,7 +224,10 @@ def _sitting(config: TrainConfig, run_dir: Path | None, resume: bool, time_limit
         pace.add_validation(probe["seconds"], probe["episodes"])
     window_loss, window_acc, window_tasks, window_start = 0.0, 0.0, 0, time.perf_counter()
     reason = "finished"
+    ended = False  # the step judged the sitting's last is validated, and the sitting ends on it
     while True:
+        if ended:
+            break
         elapsed = elapsed_now()
         stop = sitting.stop_requested or sitting_left() <= 0
         if from_main(step >= config.steps or elapsed + pace.reserve() >= budget or stop, world, device):
@@ -253,8 +256,10 @@ def _sitting(config: TrainConfig, run_dir: Path | None, resume: bool, time_limit
         window_tasks += config.meta_batch
         pace.add_step(time.perf_counter() - t_step)
         elapsed = elapsed_now()
-        last = from_main(step >= config.steps or elapsed + pace.reserve() >= budget or sitting_left() <= 0,
-                         world, device)
+        finished = step >= config.steps or elapsed + pace.reserve() >= budget
+        last = from_main(finished or sitting_left() <= 0, world, device)
+        if last:
+            reason = "finished" if from_main(finished, world, device) else "stopped"
         if step % config.log_every and step % config.val_every and not last:
             status("training", 2.0, step=step, elapsed_s=elapsed, eta_s=pace.eta(step, elapsed, sitting_left()),
                    progress=min(1.0, max(step / config.steps, elapsed / budget)))
@@ -287,6 +292,7 @@ def _sitting(config: TrainConfig, run_dir: Path | None, resume: bool, time_limit
             status("training", step=step, progress=progress, eta_s=record["eta_s"],
                    best_val_accuracy=record["best_val_accuracy"], elapsed_s=elapsed)
         yield record
+        ended = last
         window_loss, window_acc, window_tasks, window_start = 0.0, 0.0, 0, time.perf_counter()
     if best_val < 0 or reason == "stopped":  # a stop before any validation still leaves a best.pt
         status("checkpoint", step=step)
