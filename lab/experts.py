@@ -19,6 +19,7 @@ from lab.clustering import TaskSet, embed_tasks, fit_feature_map, kmeans, load_s
 from lab.config import TrainConfig
 from lab.device import describe_device, pick_device
 from lab.evaluation import episode_accuracies, paired_comparison
+from lab.sitting import Sitting, check_finite
 
 def compare_on_source(model_a, model_b, source: str, n_way: int, k_shot: int, n_query: int = 15,
                       episodes: int = 1000, seed: int = 0, device="cpu", data_dir: str | None = None,
@@ -102,11 +103,11 @@ def train_clustered(config, run_dir: str | Path | None = None) -> Iterator[dict]
     source's validation split in all), and it keeps its best weights, which may be the base's own.
     The run is saved as ``best.pt``. A stop request ends the fine-tuning early, still saving.
     """
-    with runs.Sitting(run_dir) as sitting:
+    with Sitting(run_dir) as sitting:
         yield from _fine_tune(config, sitting)
 
 
-def _fine_tune(config, sitting: runs.Sitting) -> Iterator[dict]:
+def _fine_tune(config, sitting: Sitting) -> Iterator[dict]:
     """The body of :func:`train_clustered`, inside its sitting."""
     hp = build(config).hparams  # validated
     device = pick_device(config.device)
@@ -147,7 +148,7 @@ def _fine_tune(config, sitting: runs.Sitting) -> Iterator[dict]:
             cursor += config.meta_batch
             expert.train()
             out = expert.outer_loss(tasks.batch(idx).to(device))
-            runs.check_finite(out.loss, step + 1, f"the loss of expert {c}")
+            check_finite(out.loss, step + 1, f"the loss of expert {c}")
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()

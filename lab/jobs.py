@@ -26,6 +26,7 @@ from lab import runs
 from lab.config import TrainConfig
 from lab.device import pick_device
 from lab.distributed import World
+from lab.sitting import failures_recorded
 from lab.experts import train_clustered
 from lab.training import check_config, train
 
@@ -136,7 +137,7 @@ def run_queued(run_dir: str | os.PathLike, world=None):
         raise ValueError(f"{run_dir} is already being trained by process {status.get('pid')}")
     if status.get("state") == "finished":
         raise ValueError(f"{run_dir} has finished; start a new run from its config instead")
-    with runs.failures_recorded(run_dir if world.is_main else None):  # those before training starts too
+    with failures_recorded(run_dir if world.is_main else None):  # those before training starts too
         config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {})
         if world.is_main:
             runs.truncate_metrics(run_dir, 0)  # a restart from scratch repeats the steps logged before

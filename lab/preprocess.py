@@ -2,9 +2,8 @@
 
 Steps (LeCun et al.'s recipe for MNIST, made robust to what people upload):
 
-1. open safely: at most :data:`MAX_UPLOAD_BYTES`, only PNG/JPEG/BMP/GIF/WebP, the size read from
-   the header and refused above :data:`MAX_PIXELS` *before* decoding (Pillow's bomb guard stays on),
-   first frame only, EXIF orientation applied;
+1. open safely (:mod:`lab.image_files`): the file's size and pixel count capped before decoding, first
+   frame only, EXIF orientation applied;
 2. grayscale, whatever the mode (palette, CMYK, 16-bit, float); transparent pixels become paper of
    the colour that contrasts with the ink;
 3. polarity detected from the border (the paper) and made bright-ink-on-dark; the paper's level
@@ -23,17 +22,13 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-MAX_UPLOAD_BYTES = 5 * 2**20  # the largest image file read; the server lets bigger ones through to be told so
-MAX_PIXELS = 25_000_000  # larger images are refused before decoding
-FRAMES_KEY = "lab.frames"  # where open_image notes the file's frame count
-MIN_SIDE = 8  # narrower or shorter images are refused: too few pixels to hold a digit
-FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")  # Pillow's other formats are never tried
-WORK_SIDE = 512  # bigger images are shrunk to this side first: a digit needs no more
+from lab.image_files import (MAX_UPLOAD_BYTES, WORK_SIDE, BadImage, BlankImage, open_image,  # noqa: F401
+                             read_image_file, read_notes)
+
 IMAGE_SIZE = 28
 BOX = 20
 STROKE_WIDTH = 0.157  # MNIST's median stroke width over its skeleton's longer side (tests/test_preprocess.py)
@@ -41,64 +36,6 @@ INK_LEVEL = 0.5  # what is thinned: pixels at least half as dark as the darkest 
 MIN_MASK_SIDE = 96  # a smaller drawing is enlarged to this side before it is thinned
 SPUR = 1.5  # twigs shorter than this many stroke half-widths that end in a corner are pruned
 SKELETON_SIDE = 96  # the skeleton's longer side, in pixels, when it is drawn again
-
-
-class BadImage(ValueError):
-    """An input that cannot be used as an image; the message says why in one line."""
-
-
-class BlankImage(BadImage):
-    """An image with no ink on it: an empty canvas or a blank page."""
-
-
-# --------------------------------------------------------------------------- opening
-
-
-def open_image(data: bytes) -> Image.Image:
-    """Open image bytes safely: size capped, pixel count checked before decoding, first frame only."""
-    if not data:
-        raise BadImage("the file is empty (0 bytes)")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise BadImage(f"the file is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = im.size
-            if width * height > MAX_PIXELS:
-                raise BadImage(f"the image is {width}x{height} pixels; the limit is {MAX_PIXELS:,} pixels")
-            if width < 1 or height < 1:
-                raise BadImage(f"the image has no pixels ({width}x{height})")
-            if width < MIN_SIDE or height < MIN_SIDE:
-                raise BadImage(f"the image is too small ({width}x{height} pixels): it needs at least "
-                               f"{MIN_SIDE}x{MIN_SIDE}")
-            frames = int(getattr(im, "n_frames", 1) or 1)
-            im.seek(0)
-            if im.format == "JPEG":
-                im.draft(None, (WORK_SIDE, WORK_SIDE))  # decode a big photo at a reduced scale
-            im.load()
-            im.info[FRAMES_KEY] = frames  # kept by the copies Pillow makes
-    except BadImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(f"the image is too large: over {MAX_PIXELS:,} pixels (refused before decoding)") from None
-    except UnidentifiedImageError:
-        raise BadImage("not an image: expected a PNG, JPEG, BMP, GIF or WebP file") from None
-    except Exception as err:  # truncated or corrupt data: Pillow raises OSError, SyntaxError, ValueError...
-        raise BadImage(f"the image file is damaged or truncated ({type(err).__name__}: {err})") from None
-    try:
-        return ImageOps.exif_transpose(im)
-    except Exception:  # an unreadable EXIF block: keep the pixels as they are
-        return im
-
-
-def read_image_file(path: str | os.PathLike) -> bytes:
-    """The bytes of an image file, refusing one over the upload cap without reading it."""
-    size = os.path.getsize(path)
-    if size > MAX_UPLOAD_BYTES:
-        raise BadImage(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
-    with open(path, "rb") as f:
-        return f.read()
 
 
 # --------------------------------------------------------------------------- pixels
@@ -354,17 +291,6 @@ def normalise_digit(image: np.ndarray) -> np.ndarray:
     its strokes drawn again as thick as :func:`normalise_strokes` draws every drawing's."""
     ink = np.asarray(image, dtype=np.float32) / 255.0
     return np.clip(np.rint(center_digit(normalise_strokes(ink / max(float(ink.max()), 1e-6)))), 0, 255).astype(np.uint8)
-
-
-def frame_count(im: Image.Image) -> int:
-    """How many frames the file :func:`open_image` opened holds (an animated GIF or WebP has several)."""
-    return int(im.info.get(FRAMES_KEY) or getattr(im, "n_frames", 1) or 1)
-
-
-def read_notes(im: Image.Image) -> tuple[str, ...]:
-    """What a user should know about how the file was read, one line each."""
-    frames = frame_count(im)
-    return (f"the file holds {frames} frames: only the first was used",) if frames > 1 else ()
 
 
 def prepare_bytes(data: bytes) -> tuple[np.ndarray, tuple[str, ...]]:

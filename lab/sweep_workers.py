@@ -29,9 +29,10 @@ from optuna.trial import TrialState
 from lab import runs
 from lab.config import TrainConfig
 from lab.jobs import PROJECT_ROOT
-from lab.runs import NonFiniteLoss
+from lab.sitting import NonFiniteLoss
 from lab.sweep_space import suggest, with_values
-from lab.sweeps import free_run_name, load, one_line, retry_callback, runs_folder, storage_url, sweep_folder, workers
+from lab.sweep_storage import free_run_name, load, one_line, retry_callback, runs_folder, storage_url, sweep_folder
+from lab.sweeps import workers
 from lab.training import train
 
 

@@ -25,7 +25,7 @@ from lab.device import describe_device, pick_device
 from lab.distributed import average_gradients, current_world, from_main, mean_across, shard
 from lab.episodes import check_request, sample_batch, sample_episode
 from lab.evaluation import episode_accuracies, mean_ci95
-from lab.runs import Sitting, check_finite
+from lab.sitting import Sitting, check_finite
 
 
 def _pools(config: TrainConfig):

@@ -10,10 +10,8 @@ from streamlit_drawable_canvas import st_canvas
 from lab import runs, zoo
 from lab.algorithms import REGISTRY
 from lab.data import dataset_status
-from lab.predict import (
-    MAX_CLASSES, MAX_EXAMPLES, MAX_K_SHOT, MIN_CLASSES, BadTaughtSet, Predictor, TaughtSet, digit_support,
-    load_digit_bank, load_predictor, montage,
-)
+from lab.predict import MAX_K_SHOT, Predictor, digit_support, load_digit_bank, load_predictor
+from lab.taught import MAX_CLASSES, MAX_EXAMPLES, MIN_CLASSES, BadTaughtSet, TaughtSet, montage
 from lab.preprocess import MAX_UPLOAD_BYTES, BadImage, BlankImage, prepare_bytes, to_png
 from ui.explain import show_explanation
 

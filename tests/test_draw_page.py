@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
-from lab.predict import TaughtSet
+from lab.taught import TaughtSet
 from lab.preprocess import preprocess_bytes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -100,3 +100,11 @@ def test_the_library_of_clustering_sits_below_the_algorithms():
     for module in library:
         reached = {t for t in graph[module] if t in above or t.startswith("lab.algorithms.")}
         assert not reached, f"{module} imports {sorted(reached)}"
+
+
+MAX_LINES = 350  # a module longer than this holds more than one idea; split it along its sections
+
+
+def test_every_engine_module_is_short_enough_to_read_in_one_sitting():
+    long = {module_name(p): n for p in LAB.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"

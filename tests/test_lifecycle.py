@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from lab import runs
+from lab import sitting as sitting_
 
 LAB = Path(__file__).resolve().parents[1] / "lab"
 
 
 def test_a_sitting_runs_then_ends_in_the_state_it_names(tmp_path):
     (tmp_path / runs.STOP_FILE).touch()  # a stale request from an earlier sitting
-    with runs.Sitting(tmp_path) as sitting:
+    with sitting_.Sitting(tmp_path) as sitting:
         assert not sitting.stop_requested
         sitting.status("training", step=3)
         status = runs.read_status(tmp_path)
@@ -29,16 +30,16 @@ def test_a_sitting_runs_then_ends_in_the_state_it_names(tmp_path):
 
 
 def test_a_sitting_without_a_word_finishes(tmp_path):
-    with runs.Sitting(tmp_path) as sitting:
+    with sitting_.Sitting(tmp_path) as sitting:
         sitting.status("training", step=7)
     assert runs.read_status(tmp_path)["state"] == "finished" and runs.read_status(tmp_path)["step"] == 7
 
 
 def test_an_error_ends_the_run_as_failed_at_its_last_step(tmp_path):
-    with pytest.raises(runs.NonFiniteLoss):
-        with runs.Sitting(tmp_path) as sitting:
+    with pytest.raises(sitting_.NonFiniteLoss):
+        with sitting_.Sitting(tmp_path) as sitting:
             sitting.step = 12
-            runs.check_finite(torch.tensor(float("nan")), 13)
+            sitting_.check_finite(torch.tensor(float("nan")), 13)
     status = runs.read_status(tmp_path)
     assert status["state"] == "failed" and status["step"] == 12
     assert status["error"] == "NonFiniteLoss: the loss became nan at step 13"
@@ -46,7 +47,7 @@ def test_an_error_ends_the_run_as_failed_at_its_last_step(tmp_path):
 
 def test_an_interrupt_is_not_a_failure(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        with runs.Sitting(tmp_path) as sitting:
+        with sitting_.Sitting(tmp_path) as sitting:
             sitting.status("training", step=1)
             raise KeyboardInterrupt
     assert runs.read_json(tmp_path / "status.json")["state"] == "running"  # reads as interrupted once it is gone
@@ -54,14 +55,14 @@ def test_an_interrupt_is_not_a_failure(tmp_path):
 
 def test_sigterm_asks_the_sitting_to_stop_and_the_old_handler_comes_back(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
-    with runs.Sitting(tmp_path) as sitting:
+    with sitting_.Sitting(tmp_path) as sitting:
         os.kill(os.getpid(), signal.SIGTERM)
         assert sitting.stop_requested
     assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_a_sitting_without_a_folder_writes_nothing(tmp_path):
-    with runs.Sitting(None) as sitting:
+    with sitting_.Sitting(None) as sitting:
         sitting.status("training", step=1)
         sitting.finish("stopped")
     assert list(tmp_path.iterdir()) == []
@@ -70,12 +71,12 @@ def test_a_sitting_without_a_folder_writes_nothing(tmp_path):
 def test_errors_before_a_sitting_are_recorded_too(tmp_path):
     runs.write_status(tmp_path, "queued")
     with pytest.raises(ValueError):
-        with runs.failures_recorded(tmp_path):
+        with sitting_.failures_recorded(tmp_path):
             raise ValueError("the config names no dataset")
     assert runs.read_status(tmp_path)["error"] == "ValueError: the config names no dataset"
 
 
 @pytest.mark.parametrize("pattern", [r'write_status\([^)]*"failed"', r"STOP_FILE\)\.unlink", r"signal\.signal\("])
-def test_only_the_run_store_keeps_the_lifecycle(pattern):
+def test_only_the_sitting_keeps_the_lifecycle(pattern):
     writers = sorted(str(p.relative_to(LAB)) for p in LAB.rglob("*.py") if re.search(pattern, p.read_text()))
-    assert writers == ["runs.py"], f"{pattern} is found in {writers}, where only lab/runs.py should keep it"
+    assert writers == ["sitting.py"], f"{pattern} is found in {writers}, where only lab/sitting.py should keep it"

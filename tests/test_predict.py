@@ -13,9 +13,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from lab.predict import (
-    DEFAULT_MODEL, BadTaughtSet, Predictor, SupportSet, TaughtSet, digit_support, load_digit_bank, load_model,
-)
+from lab.predict import DEFAULT_MODEL, Predictor, SupportSet, digit_support, load_digit_bank, load_model
+from lab.taught import BadTaughtSet, TaughtSet
 from lab.preprocess import preprocess_bytes
 
 ROOT = Path(__file__).resolve().parents[1]

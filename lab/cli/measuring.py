@@ -131,7 +131,8 @@ def cmd_cluster(args) -> int:
 def cmd_predict(args) -> int:
     import numpy as np
 
-    from lab.predict import TaughtSet, digit_support, load_digit_bank, load_predictor
+    from lab.predict import digit_support, load_digit_bank, load_predictor
+    from lab.taught import TaughtSet
     from lab.preprocess import read_image_file
 
     t0 = time.perf_counter()

@@ -160,7 +160,7 @@ def cmd_run(args) -> int:
     from lab.config import TrainConfig
     from lab.distributed import init_from_env
     from lab.jobs import run_queued
-    from lab.runs import NonFiniteLoss
+    from lab.sitting import NonFiniteLoss
 
     run_dir = Path(args.run_dir)
     world = init_from_env(TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {}).device)
