@@ -151,3 +151,32 @@ def test_a_launched_run_shows_its_first_point_within_seconds_and_the_same_step_i
             screenshot(tab, "meta-train-stopped")
         finally:
             browser.close()
+
+
+def test_the_live_panel_says_when_a_run_is_validating(lab):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, runs_dir = lab
+    # Validation after ten quick steps, over enough episodes to last several refreshes of the panel.
+    slow_validation = dict(dataset="digits", n_query=3, meta_batch=1, steps=20, val_every=10, val_episodes=3000,
+                           log_every=2)
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            tab = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+            tab.set_default_timeout(60_000)
+            tab.goto(f"{url}/meta_train?{urlencode(slow_validation)}")
+            main = tab.locator("[data-testid=stMain]")
+            name = tab.get_by_role("textbox", name="Run name")
+            name.fill("validating-run")
+            name.press("Enter")
+            main.get_by_role("button", name="Launch meta-training").click()
+            run_dir = runs_dir / "validating-run"
+            wait_for(tab, lambda: runs.read_status(run_dir).get("phase") == "validating"
+                     if (run_dir / "status.json").exists() else False, 120, "the worker to start validating")
+            panel = main.locator("[data-testid=stProgress]").filter(has_text="Meta-validating")
+            expect(panel.first).to_be_visible(timeout=15_000)
+            assert re.search(r"Meta-validating: [\d,]+ of 3,000 episodes", panel.first.inner_text())
+            screenshot(tab, "meta-train-validating")
+        finally:
+            browser.close()

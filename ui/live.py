@@ -124,9 +124,9 @@ def _controls(run_dir: Path, status: dict, key: str) -> None:
                 st.rerun()
 
 
-def _header(view: dict, run_dir: Path, key: str) -> None:
+def _header(view: dict, run_dir: Path, key: str, narrow: bool) -> None:
     status, c = view["status"], view["config"]
-    head, buttons = st.columns([4, 1], vertical_alignment="center")
+    head, buttons = st.columns([3, 2] if narrow else [4, 1], vertical_alignment="center")  # room for "Resume"
     with head:
         st.markdown(f"#### {view['name']}")
         badge(status.get("state", "failed"))
@@ -160,7 +160,7 @@ def _panel(run_dir: Path, key: str, was_active: bool, narrow: bool) -> None:
         return
     if jobs.is_active(status) != was_active:
         st.rerun()  # the run started or ended: redraw the page, polling only while it is active
-    _header(view, run_dir, key)
+    _header(view, run_dir, key, narrow)
     fraction, text = progress_text(view)
     st.progress(fraction, text=text)
     doing = phase_text(view)
