@@ -122,12 +122,13 @@ def resume(run_dir: str | os.PathLike) -> int:
     return launch(run_dir, resume=(run_dir / "last.pt").exists(), processes=int(status.get("world_size") or 1))
 
 
-def run_queued(run_dir: str | os.PathLike, world=None):
+def run_queued(run_dir: str | os.PathLike, world=None, launched_at: float | None = None):
     """The worker's side of :func:`launch`: train a run folder from its ``config.json``.
 
     Yields the step records of :func:`lab.training.train`. Any error ends the run as failed with
     its message, including those raised before training starts (a dataset gone missing). Under
     ``torchrun`` (``world``) the launcher is the worker's parent, and rank 0 alone checks and writes.
+    ``launched_at`` is when the worker's process began, so the run's budget holds its start-up.
     """
     world = world or World()
     run_dir = Path(run_dir)
@@ -144,7 +145,7 @@ def run_queued(run_dir: str | os.PathLike, world=None):
         if config.algorithm == "clustered":  # cluster experts fine-tune in minutes: a resume starts them again
             yield from train_clustered(config, run_dir)
         else:
-            yield from train(config, run_dir)
+            yield from train(config, run_dir, launched_at=launched_at)
 
 
 def delete(runs_dir: str | os.PathLike, name: str) -> None:

@@ -15,6 +15,17 @@ import torch
 from lab import runs
 
 
+def process_started() -> float:
+    """The :func:`time.perf_counter` reading at which this process began (now, where the system does
+    not say): a run launched as a process counts its start-up, the imports and the data, in its budget."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        age = float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        age = 0.0
+    return time.perf_counter() - min(max(age, 0.0), 3600.0)
+
+
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 

@@ -141,7 +141,7 @@ def validate(model, pool, config: TrainConfig, device, cap_s: float = math.inf, 
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False,
-          time_limit_s: float | None = None) -> Iterator[dict]:
+          time_limit_s: float | None = None, launched_at: float | None = None) -> Iterator[dict]:
     """Meta-train ``config``, writing the run folder ``run_dir`` when one is given.
 
     With ``resume`` the model, optimiser, task stream and metrics continue from ``last.pt``;
@@ -150,7 +150,8 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
     meta-validation, before any step, makes the starting weights the best so far.
     The run ends when ``steps`` or ``minutes`` is reached (the minutes hold loading, validation
     and the last checkpoint too), or when a stop is requested (``runs.request_stop``, SIGTERM,
-    or ``time_limit_s`` seconds of this call), always with a checkpoint written; a time limit
+    or ``time_limit_s`` seconds of this call), always with a checkpoint written (``launched_at``, a
+    :func:`time.perf_counter` reading, starts this sitting's clock earlier: at the launch of its process); a time limit
     leaves the learning-rate schedule as the steps define it. ``status.json`` names the phase:
     loading, training, validating (episodes done of planned), checkpoint, then the final state.
     Under ``torchrun`` the tasks of each outer step are shared out across the processes (see
@@ -159,13 +160,13 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
     world = current_world()
     run_dir = Path(run_dir) if run_dir is not None else None
     with Sitting(run_dir if world.is_main else None) as sitting:  # only rank 0 writes the run folder
-        yield from _sitting(config, run_dir, resume, time_limit_s, world, sitting)
+        yield from _sitting(config, run_dir, resume, time_limit_s, world, sitting, launched_at)
 
 
 def _sitting(config: TrainConfig, run_dir: Path | None, resume: bool, time_limit_s: float | None, world,
-             sitting: Sitting) -> Iterator[dict]:
+             sitting: Sitting, launched_at: float | None) -> Iterator[dict]:
     """The body of :func:`train`, inside its sitting."""
-    start = time.perf_counter()
+    start = min(launched_at, time.perf_counter()) if launched_at is not None else time.perf_counter()
     writer = sitting.run_dir
     status = sitting.status
     status("loading", error=None)

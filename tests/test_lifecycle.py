@@ -80,3 +80,14 @@ def test_errors_before_a_sitting_are_recorded_too(tmp_path):
 def test_only_the_sitting_keeps_the_lifecycle(pattern):
     writers = sorted(str(p.relative_to(LAB)) for p in LAB.rglob("*.py") if re.search(pattern, p.read_text()))
     assert writers == ["sitting.py"], f"{pattern} is found in {writers}, where only lab/sitting.py should keep it"
+
+
+def test_a_process_knows_how_long_ago_it_started():
+    import subprocess
+    import sys
+
+    code = ("import time; time.sleep(1.5); from lab.sitting import process_started; "
+            "print(time.perf_counter() - process_started())")
+    age = float(subprocess.run([sys.executable, "-c", code], cwd=LAB.parent, capture_output=True, text=True,
+                               check=True, timeout=120).stdout)
+    assert 1.5 <= age < 60  # the sleep before the import counts; the clock ticks in hundredths

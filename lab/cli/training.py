@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lab import runs
 from lab.cli.common import on_main, print_json, progress_bar
+from lab.sitting import process_started
 
 
 def cmd_datasets(args) -> int:
@@ -51,7 +52,7 @@ def _drive(config, run_dir: Path, resume: bool, world) -> int:
     bar = progress_bar(config.steps, config.algorithm) if world.is_main else None
     if bar is not None and resume:
         bar.update(runs.read_status(run_dir).get("step", 0))
-    for record in train(config, run_dir, resume=resume):
+    for record in train(config, run_dir, resume=resume, launched_at=process_started()):
         if bar is None:
             continue
         bar.update(record["step"] - bar.n)
@@ -165,7 +166,7 @@ def cmd_run(args) -> int:
     run_dir = Path(args.run_dir)
     world = init_from_env(TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {}).device)
     try:
-        for record in run_queued(run_dir, world):
+        for record in run_queued(run_dir, world, launched_at=process_started()):
             if "val_accuracy" in record and world.is_main:
                 print(_validation_line(record), file=sys.stderr)
     except NonFiniteLoss as err:
