@@ -6,8 +6,8 @@ train NAME`` trains it as an ordinary run of the run store; a recipe whose model
 continues from it (``init_from: zoo:NAME``, its weights and step count), so a recipe too long for
 one sitting goes on in the next. ``ship`` writes the run's best checkpoint, weights only, to
 ``assets/zoo/NAME.pt`` with a manifest ``NAME.json`` (recipe, steps, wall time, machine, sha256,
-measured accuracies). ``verify`` meta-tests every shipped model on the recipe's test protocol and
-says which rows are under their floor.
+measured accuracies). ``verify`` (:mod:`lab.zoo_verify`) meta-tests every shipped model on the
+recipe's test protocol and says which rows are under their floor.
 """
 
 from __future__ import annotations
@@ -16,20 +16,15 @@ import hashlib
 import json
 import os
 import platform
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from lab import runs
-from lab.algorithms.inner import sgd
 from lab.config import TrainConfig
-from lab.data import SPLIT_SCHEMES, load_dataset
+from lab.data import SPLIT_SCHEMES
 from lab.device import describe_device, pick_device
-from lab.episodes import episode_stream
-from lab.evaluation import episode_accuracies, meta_test, paired_comparison
-from lab.lake import lake_error
 from lab.training import check_config, train as train_run
 
 RECIPES_FILE = Path(__file__).with_name("recipes.json")
@@ -233,99 +228,3 @@ def status() -> list[dict]:
                      "recipe_steps": rec.config.steps, "val_accuracy": m.get("val_accuracy"),
                      "wall_time_s": m.get("wall_time_s"), "measured": m.get("measured", {}), "floors": rec.floors})
     return rows
-
-
-# --------------------------------------------------------------------------- verification
-
-
-class _WithSGD:
-    """The same model adapting by plain SGD at its ``inner_lr`` for the same number of steps."""
-
-    def __init__(self, model):
-        self.model, self.update = model, sgd(model.hparams.inner_lr)
-
-    def eval(self):
-        self.model.eval()
-
-    def adapt(self, support_x, support_y, n_way):
-        return self.model.adapt(support_x, support_y, n_way, update=self.update)
-
-
-def _row(name: str, task: str, value: float, ci95: float, floor, published, higher_is_better: bool = True,
-         **extra) -> dict:
-    passed = None if floor is None else (value >= floor if higher_is_better else value <= floor)
-    return {"model": name, "task": task, "value": value, "ci95": ci95, "floor": floor, "published": published,
-            "passed": passed, **extra}
-
-
-def verify_model(name: str, episodes: int = 1000, device: str = "auto", lake_runs: int = 20) -> tuple[list[dict], dict]:
-    """The reproduction rows of one shipped model (values in percent; ``passed`` is None where there is
-    no floor), and its manifest with the measurements filled in."""
-    rec, manifest = recipe(name), check_model(name)
-    torch_device = pick_device(device)
-    config, model = runs.load_model(model_path(name), device=torch_device)
-    pool = load_dataset(config.dataset, None, config.split_scheme).pool("test")
-    rows = []
-    if rec.protocol == "lake":
-        result = lake_error(model, runs=lake_runs, device=torch_device)
-        rows.append(_row(name, "lake_error", 100 * result["error"], 100 * result["ci95"], rec.floors["lake_error"],
-                         rec.published.get("lake_error"), higher_is_better=False, episodes=lake_runs))
-    for task in rec.tasks:
-        if task in TRANSFER:
-            dataset, n_way, k_shot = TRANSFER[task]
-            task_pool = load_dataset(dataset).pool("all")
-        else:
-            (n_way, k_shot), task_pool = TASKS[task], pool
-        result = meta_test(model, task_pool, n_way, k_shot, 15, episodes, seed=0, device=torch_device)
-        rows.append(_row(name, task, 100 * result["accuracy"], 100 * result["ci95"], rec.floors.get(task),
-                         rec.published.get(task), episodes=episodes))
-    if rec.floors.get("beats_sgd"):
-        stream = episode_stream(pool, 5, 1, 15, episodes, 0)
-        pair = paired_comparison(episode_accuracies(model, stream, torch_device),
-                                 episode_accuracies(_WithSGD(model), stream, torch_device))
-        low = 100 * (pair["difference"] - pair["difference_ci95"])
-        rows.append(_row(name, "5w1s minus SGD", 100 * pair["difference"], 100 * pair["difference_ci95"], 0.0,
-                         None, episodes=episodes, lower_bound=low) | {"passed": low > 0})
-    manifest["measured"] = {r["task"]: {k: r[k] for k in ("value", "ci95", "episodes")} for r in rows}
-    manifest["measured_on"] = machine()
-    manifest["measured_at"] = time.strftime("%Y-%m-%d")
-    return rows, manifest
-
-
-def verify(names=None, episodes: int = 1000, device: str = "auto", record: bool = False,
-           lake_runs: int = 20) -> list[dict]:
-    """Rows for every recipe (or ``names``); a recipe with no shipped model gives one failing row."""
-    rows = []
-    for name in names or list(recipes()):
-        recipe(name)
-        if read_manifest(name) is None:  # one row per floor the recipe has not yet reached
-            rec = recipe(name)
-            for task, floor in rec.floors.items():
-                rows.append({"model": name, "task": task, "value": None, "ci95": None,
-                             "floor": None if isinstance(floor, bool) else floor, "published": rec.published.get(task),
-                             "passed": False, "error": f"zoo:{name} is not shipped yet"})
-            continue
-        model_rows, manifest = verify_model(name, episodes, device, lake_runs)
-        rows.extend(model_rows)
-        if record:
-            runs.write_json(manifest_path(name), manifest)
-    return rows
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """The reproduction table of the README from verify's rows."""
-    lines = ["| model | task | published | the lab (± 95% CI) | floor | steps | wall time | machine |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        m = read_manifest(r["model"]) or {}
-        value = "not trained yet" if r["value"] is None else f"{r['value']:.2f} ± {r['ci95']:.2f}"
-        mark = "" if r["passed"] is None else (" ✓" if r["passed"] else " ✗")
-        floor = "–" if r["floor"] is None else (f"≤ {r['floor']}" if r["task"] == "lake_error" else f"≥ {r['floor']}")
-        if r["task"] == "beats_sgd":
-            floor = "> plain SGD, paired"
-        published = "–" if r.get("published") is None else f"{r['published']}"
-        hours = f"{m['wall_time_s'] / 3600:.2f} h" if m.get("wall_time_s") else "–"
-        where = (m.get("sittings") or [{}])[-1].get("machine", "–")
-        lines.append(f"| {r['model']} | {r['task']} | {published} | {value}{mark} | {floor} | "
-                     f"{m.get('step', '–')} | {hours} | {where} |")
-    return "\n".join(lines)

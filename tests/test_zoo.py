@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lab import runs, zoo
+from lab import runs, zoo, zoo_verify
 from lab.algorithms import REGISTRY
 from lab.cli import main
 from lab.training import train
@@ -117,18 +117,23 @@ def test_a_damaged_zoo_model_is_refused_with_a_clear_message(tiny_zoo, capsys):
         runs.load_model("zoo:absent")
 
 
-def test_verify_fails_a_row_under_its_floor_and_a_recipe_that_is_not_shipped(tiny_zoo):
-    rows = zoo.verify(["tiny"], episodes=10)  # not shipped: every floor fails, reported as not trained yet
+def test_verify_fails_a_row_under_its_floor_and_a_recipe_that_is_not_shipped(tiny_zoo, capsys):
+    rows = zoo_verify.verify(["tiny"], episodes=10)  # not shipped: every floor fails, reported as not trained yet
     assert [(r["task"], r["passed"], r["value"]) for r in rows] == [("5w1s", False, None), ("mnist:10w1s", False, None)]
-    assert "| tiny | 5w1s | 99.0 | not trained yet ✗ | ≥ 101.0 |" in zoo.markdown_table(rows)
+    assert "| tiny | 5w1s | 99.0 | not trained yet ✗ | ≥ 101.0 |" in zoo_verify.markdown_table(rows)
     list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=3))
-    rows = zoo.verify(["tiny"], episodes=10, record=True)
+    assert "| tiny | 5w1s | 99.0 | not verified yet ✗ |" in zoo_verify.markdown_table(zoo_verify.recorded_rows(["tiny"]))
+    rows = zoo_verify.verify(["tiny"], episodes=10, record=True)
+    assert zoo_verify.recorded_rows(["tiny"]) == rows  # the table is made again from the manifest alone
+    capsys.readouterr()
+    assert main(["zoo", "table", "tiny"]) == 0
+    assert zoo_verify.markdown_table(rows) in capsys.readouterr().out
     by_task = {r["task"]: r for r in rows}
     assert by_task["5w1s"]["passed"] is False  # a floor of 101% cannot be met
     assert by_task["5w5s"]["passed"] is None  # no floor: reported, not judged
     assert by_task["mnist:10w1s"]["passed"] is True and by_task["mnist:10w1s"]["value"] > 10  # all ten digits
     assert zoo.read_manifest("tiny")["measured"]["5w1s"]["episodes"] == 10
-    assert "| tiny | 5w1s | 99.0 |" in zoo.markdown_table(rows)
+    assert "| tiny | 5w1s | 99.0 |" in zoo_verify.markdown_table(rows)
 
 
 def test_shipping_a_run_of_another_recipe_is_refused(tiny_zoo):

@@ -9,7 +9,7 @@ from lab.cli.common import print_json, progress_bar
 
 
 def cmd_zoo(args) -> int:
-    from lab import zoo
+    from lab import zoo, zoo_verify
 
     if args.action == "list":
         rows = zoo.status()
@@ -49,11 +49,15 @@ def cmd_zoo(args) -> int:
         m = zoo.ship(args.name, args.run)
         print(f"shipped zoo:{args.name}: step {m['step']}, {m['bytes']:,} bytes", file=sys.stderr)
         return 0
-    rows = zoo.verify([args.name] if args.name else None, args.episodes, args.device, args.record, args.lake_runs)
+    if args.action == "table":  # what the last verify --record measured, without measuring again
+        rows = zoo_verify.recorded_rows([args.name] if args.name else None)
+        print_json(rows) if args.json else print(zoo_verify.markdown_table(rows))
+        return 0
+    rows = zoo_verify.verify([args.name] if args.name else None, args.episodes, args.device, args.record, args.lake_runs)
     if args.json:
         print_json(rows)
     else:
-        print(zoo.markdown_table(rows))
+        print(zoo_verify.markdown_table(rows))
     failed = [f"{r['model']} {r['task']}" for r in rows if r["passed"] is False]
     if failed:
         print(f"under the floor or missing: {', '.join(failed)}", file=sys.stderr)
