@@ -26,8 +26,8 @@ from lab import runs
 from lab.config import TrainConfig
 from lab.device import pick_device
 from lab.distributed import World
-from lab.sitting import failures_recorded
 from lab.experts import train_clustered
+from lab.sitting import failures_recorded
 from lab.training import check_config, train
 
 LOG_FILE = "worker.log"

@@ -150,9 +150,9 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
     meta-validation, before any step, makes the starting weights the best so far.
     The run ends when ``steps`` or ``minutes`` is reached (the minutes hold loading, validation
     and the last checkpoint too), or when a stop is requested (``runs.request_stop``, SIGTERM,
-    or ``time_limit_s`` seconds of this call), always with a checkpoint written (``launched_at``, a
-    :func:`time.perf_counter` reading, starts this sitting's clock earlier: at the launch of its process); a time limit
-    leaves the learning-rate schedule as the steps define it. ``status.json`` names the phase:
+    or ``time_limit_s`` seconds of this call), always with a checkpoint written; a time limit leaves
+    the learning-rate schedule as the steps define it. ``launched_at``, a :func:`time.perf_counter`
+    reading, starts the sitting's clock earlier: when its process was launched. ``status.json`` names the phase:
     loading, training, validating (episodes done of planned), checkpoint, then the final state.
     Under ``torchrun`` the tasks of each outer step are shared out across the processes (see
     ``lab.distributed``); every process yields the records, only rank 0 validates and writes.

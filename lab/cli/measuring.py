@@ -132,8 +132,8 @@ def cmd_predict(args) -> int:
     import numpy as np
 
     from lab.predict import digit_support, load_digit_bank, load_predictor
-    from lab.taught import TaughtSet
     from lab.preprocess import read_image_file
+    from lab.taught import TaughtSet
 
     t0 = time.perf_counter()
     config, predictor = load_predictor(args.run, device="cpu")
