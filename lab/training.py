@@ -152,8 +152,9 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
     and the last checkpoint too), or when a stop is requested (``runs.request_stop``, SIGTERM,
     or ``time_limit_s`` seconds of this call), always with a checkpoint written; a time limit leaves
     the learning-rate schedule as the steps define it. ``launched_at``, a :func:`time.perf_counter`
-    reading, starts the sitting's clock earlier: when its process was launched. ``status.json`` names the phase:
-    loading, training, validating (episodes done of planned), checkpoint, then the final state.
+    reading, starts the sitting's clock earlier: when its process was launched. ``status.json``
+    names the phase: loading, training, validating (episodes done of planned), checkpoint, then the
+    final state.
     Under ``torchrun`` the tasks of each outer step are shared out across the processes (see
     ``lab.distributed``); every process yields the records, only rank 0 validates and writes.
     """
