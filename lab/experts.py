@@ -21,6 +21,7 @@ from lab.device import describe_device, pick_device
 from lab.evaluation import episode_accuracies, paired_comparison
 from lab.sitting import Sitting, check_finite
 
+
 def compare_on_source(model_a, model_b, source: str, n_way: int, k_shot: int, n_query: int = 15,
                       episodes: int = 1000, seed: int = 0, device="cpu", data_dir: str | None = None,
                       folder: str | None = None, split: str = "test") -> dict:
