@@ -10,8 +10,8 @@ import streamlit as st
 
 from lab import jobs, runs, zoo
 from lab.clustering import (
-    EMBEDDINGS, SOURCES, agreement, cluster_table, elbow_k, embed_tasks, fit_feature_map, kmeans, load_source, project,
-    scan_k, suggest_k,
+    BIC_DIMS, EMBEDDINGS, SOURCES, agreement, cluster_table, elbow_k, embed_tasks, fit_feature_map, kmeans,
+    load_source, project, scan_k, suggest_k,
 )
 from lab.data import DatasetUnavailable
 from lab.evaluation import episode_accuracies, paired_comparison
@@ -144,12 +144,14 @@ cols[0].metric("Tasks", n_tasks, help=f"{N_WAY}-way {K_SHOT}-shot test tasks of 
 cols[1].metric("ARI", f"{score['ari']:.3f}", help="Adjusted Rand index against the true groups (1 = identical)")
 cols[2].metric("NMI", f"{score['nmi']:.3f}", help="Normalised mutual information against the true groups")
 cols[3].metric("Silhouette", "–" if np.isnan(sil) else f"{sil:.3f}")
-cols[4].metric("Suggested K", suggest_k(scan), help=f"The elbow of the inertia (K = {elbow_k(scan)}) unless its "
-               "silhouette is under half the best one, then the best silhouette's K")
+cols[4].metric("Suggested K", suggest_k(scan), help="The K of the lowest BIC: Gaussian mixtures of K components "
+               f"fitted in the tasks' top {BIC_DIMS} principal components, each fit weighed against its number of "
+               f"parameters. The inertia's elbow is at K = {elbow_k(scan)}.")
 
-left, right = st.columns(2)
+left, middle, right = st.columns(3)
 left.plotly_chart(line(scan, "inertia", "Elbow: inertia", k), width="stretch")
-right.plotly_chart(line(scan, "silhouette", "Silhouette", k), width="stretch")
+middle.plotly_chart(line(scan, "silhouette", "Silhouette", k), width="stretch")
+right.plotly_chart(line(scan, "bic", "BIC (lower is better)", k), width="stretch")
 
 xyz = projected(features, "pca" if method == "PCA" else "tsne", dims)
 frame = pd.DataFrame(xyz, columns=["x", "y", "z"][:dims])

@@ -157,6 +157,18 @@ def test_the_elbow_and_the_silhouette_find_well_separated_blobs():
     assert sum(r["size"] for r in table) == 200 and all(r["purity"] == 1.0 for r in table)
 
 
+def test_the_bic_counts_groups_of_unequal_size_and_spread_where_the_silhouette_settles_for_two():
+    from sklearn.datasets import make_blobs
+
+    # Two tight groups side by side and a wide one far away: the silhouette's best K is 2.
+    points, _ = make_blobs([150, 150, 200], centers=[(0, 0), (4, 0), (30, 0)], cluster_std=[0.6, 0.6, 4.0],
+                               random_state=0)
+    scan = scan_k(points, range(1, 9))
+    silhouettes = {r["k"]: r["silhouette"] for r in scan[1:]}
+    assert max(silhouettes, key=silhouettes.get) == 2
+    assert all(not math.isnan(r["bic"]) for r in scan) and suggest_k(scan) == 3
+
+
 def test_routing_sends_each_training_task_to_the_expert_of_its_own_cluster(clustered_run, mixed):
     config, run_dir, _ = clustered_run
     _, model = runs.load_model(run_dir)

@@ -98,4 +98,4 @@ def test_the_k_means_scan_reports_each_k():
     calls = Calls()
     scan = scan_k(features, range(1, 6), progress=calls)
     calls.check(5)
-    assert [r["k"] for r in scan] == [1, 2, 3, 4, 5] and set(scan[0]) == {"k", "inertia", "silhouette"}
+    assert [r["k"] for r in scan] == [1, 2, 3, 4, 5] and set(scan[0]) == {"k", "inertia", "silhouette", "bic"}

@@ -118,7 +118,8 @@ def cmd_cluster(args) -> int:
         print_json(out)
     else:
         if "scan" in out:
-            print(f"suggested K {out['suggested_k']} (elbow at K {out['elbow_k']}, checked by the silhouette)")
+            print(f"suggested K {out['suggested_k']} (the lowest BIC of Gaussian mixtures; the inertia's elbow is at "
+                  f"K {out['elbow_k']})")
         print(f"{out['source']}: {out['tasks']} tasks, {out['embedding']} embedding, K = {out['k']}: "
               f"ARI {out['ari']:.3f}, NMI {out['nmi']:.3f}, silhouette {out['silhouette']:.3f}, "
               f"inertia {out['inertia']:.1f}")

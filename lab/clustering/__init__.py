@@ -11,7 +11,8 @@ and a new task is answered by the expert of its nearest centroid.
 - **Task embeddings** by name (:data:`EMBEDDINGS`): ``representation`` (mean and spread of the
   support set's features under the encoder) and ``gradient`` (the gradient of the support loss of the
   meta-learned initialisation). Neither depends on the order or naming of the classes.
-- **K-means**, PCA, t-SNE and the agreement scores all come from scikit-learn.
+- **K-means**, PCA, t-SNE, the agreement scores and the Gaussian mixtures whose BIC suggests K all
+  come from scikit-learn.
 This package is the library; training cluster experts from it is :mod:`lab.experts`
 (a ``clustered`` run, answered by :class:`lab.algorithms.clustered.ClusteredLearner`).
 """
@@ -21,6 +22,6 @@ from lab.clustering.embeddings import (  # noqa: F401
     EMBEDDINGS, embed_support, embed_tasks, gradient_embedding, representation_embedding,
 )
 from lab.clustering.kmeans import (  # noqa: F401
-    FeatureMap, agreement, analyse, cluster_report, cluster_table, elbow_k, fit_feature_map, kmeans, project,
-    scan_k, suggest_k,
+    BIC_DIMS, FeatureMap, agreement, analyse, cluster_report, cluster_table, elbow_k, fit_feature_map, kmeans, project,
+    mixture_bic, scan_k, suggest_k,
 )

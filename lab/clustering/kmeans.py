@@ -1,4 +1,4 @@
-"""K-means of embedded tasks and its checks, all from scikit-learn: inertia, silhouette, ARI, NMI, PCA, t-SNE."""
+"""K-means of embedded tasks and its checks, all from scikit-learn: inertia, silhouette, BIC, ARI, NMI, PCA, t-SNE."""
 
 from __future__ import annotations
 
@@ -56,15 +56,41 @@ def kmeans(features: np.ndarray, k: int, seed: int = 0) -> dict:
 
 
 def scan_k(features: np.ndarray, ks, seed: int = 0, progress=None) -> list[dict]:
-    """Inertia and silhouette for each K of ``ks``: the elbow and silhouette curves.
+    """Inertia, silhouette and BIC for each K of ``ks``: the curves K is chosen from.
     ``progress(done, len(ks))`` is called after each K."""
     ks, out = list(ks), []
+    reduced = _principal(features, seed)
     for k in ks:
         fit = kmeans(features, k, seed)
-        out.append({key: fit[key] for key in ("k", "inertia", "silhouette")})
+        out.append({key: fit[key] for key in ("k", "inertia", "silhouette")} | {"bic": mixture_bic(reduced, k, seed)})
         if progress is not None:
             progress(len(out), len(ks))
     return out
+
+
+BIC_DIMS = 5  # principal components in which Gaussian mixtures are scored
+
+
+def _principal(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``features`` in their top :data:`BIC_DIMS` principal components (fewer when there are fewer)."""
+    from sklearn.decomposition import PCA
+
+    features = np.asarray(features, dtype=np.float64)
+    dims = min(BIC_DIMS, *features.shape)
+    return PCA(dims, random_state=seed).fit_transform(features) if dims < features.shape[1] else features
+
+
+def mixture_bic(reduced: np.ndarray, k: int, seed: int = 0) -> float:
+    """The Bayesian information criterion of a full-covariance Gaussian mixture of ``k`` components
+    (scikit-learn) fitted to ``reduced``: lower is better; nan when there are too few points. EM starts
+    from K-means and from points drawn from the data, and the better fit counts: K-means alone splits a
+    wide group and merges two tight ones, and EM stays there."""
+    from sklearn.mixture import GaussianMixture
+
+    if not 1 <= k < len(reduced):
+        return float("nan")
+    return min(float(GaussianMixture(k, covariance_type="full", n_init=2, init_params=init, random_state=seed)
+                     .fit(reduced).bic(reduced)) for init in ("kmeans", "random_from_data"))
 
 
 def elbow_k(scan: list[dict]) -> int:
@@ -79,8 +105,13 @@ def elbow_k(scan: list[dict]) -> int:
 
 
 def suggest_k(scan: list[dict]) -> int:
-    """K from both curves: the elbow's K when its silhouette is at least half the best one, else the
-    best silhouette's K (the silhouette alone tends to favour K = 2 when two groups lie close)."""
+    """The K of the lowest BIC: model-based clustering, which weighs how well a mixture of K Gaussians
+    fits against its number of parameters, and does not need clusters of equal size or spread, as the
+    elbow and the silhouette do. A scan without BIC falls back on the elbow, checked by the silhouette:
+    the elbow's K when its silhouette is at least half the best one, else the best silhouette's K."""
+    bics = {r["k"]: r["bic"] for r in scan if not math.isnan(r.get("bic", math.nan))}
+    if bics:
+        return min(bics, key=bics.get)
     elbow = elbow_k(scan)
     scored = {r["k"]: r["silhouette"] for r in scan if not math.isnan(r["silhouette"])}
     if not scored:
