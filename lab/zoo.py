@@ -25,12 +25,15 @@ from lab import runs
 from lab.config import TrainConfig
 from lab.data import SPLIT_SCHEMES
 from lab.device import describe_device, pick_device
+from lab.experts import train_clustered
 from lab.training import check_config, train as train_run
 
 RECIPES_FILE = Path(__file__).with_name("recipes.json")
 TASKS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 TRANSFER = {"mnist:10w1s": ("mnist", 10, 1), "mnist:10w5s": ("mnist", 10, 5)}  # all of another dataset's classes
-FLOOR_KINDS = (*TASKS, *TRANSFER, "lake_error", "beats_sgd")
+# beats_sgd: learned-opt against plain SGD from the same weights; beats_global: cluster experts against their
+# global model on the mixed source; cluster_ari: the global model's task clusters against the true sources.
+FLOOR_KINDS = (*TASKS, *TRANSFER, "lake_error", "beats_sgd", "beats_global", "cluster_ari")
 MAX_MODEL_BYTES = 2 * 2**20
 MAX_ZOO_BYTES = 20 * 2**20
 # Fields a run may change without leaving its recipe: the budget, where it runs, what it starts from.
@@ -137,10 +140,12 @@ def recipe_defaults(algorithm: str, dataset: str) -> dict:
 
 
 def recipe_config(name: str, device: str = "auto", steps: int | None = None) -> TrainConfig:
-    """The recipe's config, starting from the shipped model when there is one."""
+    """The recipe's config, starting from the shipped model when there is one. Cluster experts start
+    from their base each time: they fine-tune in minutes."""
     rec = recipe(name)
+    warm = read_manifest(name) and rec.config.algorithm != "clustered"
     return rec.config.replace(device=device, steps=steps or rec.config.steps,
-                              init_from=f"{runs.ZOO_PREFIX}{name}" if read_manifest(name) else None)
+                              init_from=f"{runs.ZOO_PREFIX}{name}" if warm else None)
 
 
 def train(name: str, minutes: float | None = None, runs_dir=None, device: str = "auto",
@@ -152,7 +157,10 @@ def train(name: str, minutes: float | None = None, runs_dir=None, device: str = 
     run_dir = runs.create_run(runs_dir or runs.default_runs_dir(), config,
                               stem=f"zoo-{name}-{datetime.now():%Y%m%d-%H%M%S}")
     yield {"run_dir": str(run_dir), "from_step": _start_step(config)}
-    yield from train_run(config, run_dir, time_limit_s=60 * minutes if minutes else None)
+    if config.algorithm == "clustered":
+        yield from train_clustered(config.replace(minutes=minutes), run_dir)
+    else:
+        yield from train_run(config, run_dir, time_limit_s=60 * minutes if minutes else None)
     yield {"manifest": ship(name, run_dir)}
 
 

@@ -11,7 +11,9 @@ from lab.algorithms.inner import sgd
 from lab.data import load_dataset
 from lab.device import pick_device
 from lab.episodes import episode_stream
+from lab.clustering import cluster_report
 from lab.evaluation import episode_accuracies, meta_test, paired_comparison
+from lab.experts import compare_on_source
 from lab.lake import lake_error
 from lab.zoo import TASKS, TRANSFER, check_model, machine, manifest_path, model_path, read_manifest, recipe, recipes
 
@@ -30,6 +32,10 @@ class _WithSGD:
 
 
 SGD_TASK = "5w1s minus SGD"  # learned-opt's row: its accuracy less plain SGD's from the same weights, paired
+GLOBAL_TASK = "mixed 5w1s minus global"  # cluster experts' row: their accuracy less their global model's, paired
+ARI_TASK = "mixed clusters ARI"  # the global model's task clusters at the suggested K against the true sources
+PAIRED = {SGD_TASK: "beats_sgd", GLOBAL_TASK: "beats_global"}  # row: its floor, a paired lead that excludes zero
+MIXED_TASKS = 500  # tasks clustered for the ARI row, as the Task Clusters page does
 
 
 def _row(name: str, task: str, value: float, ci95: float, floor, published, higher_is_better: bool = True,
@@ -39,10 +45,16 @@ def _row(name: str, task: str, value: float, ci95: float, floor, published, high
             "passed": passed, **extra}
 
 
-def _sgd_row(name: str, difference: float, ci95: float, episodes: int) -> dict:
-    """learned-opt's row: it passes when the paired interval of its lead over plain SGD excludes zero."""
+def _paired_row(name: str, task: str, difference: float, ci95: float, episodes: int) -> dict:
+    """A row of a lead over a reference on the same episodes: it passes when the paired interval excludes zero."""
     low = difference - ci95
-    return _row(name, SGD_TASK, difference, ci95, 0.0, None, episodes=episodes, lower_bound=low) | {"passed": low > 0}
+    return _row(name, task, difference, ci95, 0.0, None, episodes=episodes, lower_bound=low) | {"passed": low > 0}
+
+
+def _ari_row(name: str, ari: float, suggested_k: int, k: int, floor: float, tasks: int) -> dict:
+    """The clustering row: it passes when the suggested K is the experts' K and the ARI reaches its floor."""
+    return _row(name, ARI_TASK, ari, None, floor, None, episodes=tasks, suggested_k=suggested_k, k=k) | {
+        "passed": ari >= floor and suggested_k == k}
 
 
 def verify_model(name: str, episodes: int = 1000, device: str = "auto", lake_runs: int = 20) -> tuple[list[dict], dict]:
@@ -70,11 +82,24 @@ def verify_model(name: str, episodes: int = 1000, device: str = "auto", lake_run
         stream = episode_stream(pool, 5, 1, 15, episodes, 0)
         pair = paired_comparison(episode_accuracies(model, stream, torch_device),
                                  episode_accuracies(_WithSGD(model), stream, torch_device))
-        rows.append(_sgd_row(name, 100 * pair["difference"], 100 * pair["difference_ci95"], episodes))
-    manifest["measured"] = {r["task"]: {k: r[k] for k in ("value", "ci95", "episodes")} for r in rows}
+        rows.append(_paired_row(name, SGD_TASK, 100 * pair["difference"], 100 * pair["difference_ci95"], episodes))
+    if config.algorithm == "clustered":
+        rows.extend(_cluster_rows(name, model, rec, episodes, torch_device))
+    keep = ("value", "ci95", "episodes", "suggested_k", "k")
+    manifest["measured"] = {r["task"]: {k: r[k] for k in keep if k in r} for r in rows}
     manifest["measured_on"] = machine()
     manifest["measured_at"] = time.strftime("%Y-%m-%d")
     return rows, manifest
+
+
+def _cluster_rows(name: str, model, rec, episodes: int, device) -> list[dict]:
+    """Cluster experts against their own global model on the mixed source's test tasks (paired), and
+    the clusters that global model finds there (K suggested, not given)."""
+    hp = model.hparams
+    pair = compare_on_source(model, model.base, hp.source, 5, 1, 15, episodes, seed=0, device=device)
+    report = cluster_report(model.base, hp.source, MIXED_TASKS, None, hp.embedding, seed=0)
+    return [_paired_row(name, GLOBAL_TASK, 100 * pair["difference"], 100 * pair["difference_ci95"], episodes),
+            _ari_row(name, report["ari"], report["suggested_k"], hp.k, rec.floors["cluster_ari"], MIXED_TASKS)]
 
 
 def verify(names=None, episodes: int = 1000, device: str = "auto", record: bool = False,
@@ -110,8 +135,11 @@ def recorded_rows(names=None) -> list[dict]:
             rows.extend(_unshipped_rows(name, "is not shipped yet" if manifest is None else "is not verified yet"))
             continue
         for task, m in manifest["measured"].items():
-            if task == SGD_TASK:
-                rows.append(_sgd_row(name, m["value"], m["ci95"], m["episodes"]))
+            if task in PAIRED:
+                rows.append(_paired_row(name, task, m["value"], m["ci95"], m["episodes"]))
+            elif task == ARI_TASK:
+                rows.append(_ari_row(name, m["value"], m["suggested_k"], m["k"], rec.floors["cluster_ari"],
+                                     m["episodes"]))
             else:
                 rows.append(_row(name, task, m["value"], m["ci95"], rec.floors.get(task), rec.published.get(task),
                                  higher_is_better=task != "lake_error", episodes=m["episodes"]))
@@ -125,11 +153,20 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         m = read_manifest(r["model"]) or {}
         missing = "not verified yet" if "not verified" in r.get("error", "") else "not trained yet"
-        value = missing if r["value"] is None else f"{r['value']:.2f} ± {r['ci95']:.2f}"
+        if r["value"] is None:
+            value = missing
+        elif r["task"] in (ARI_TASK, "cluster_ari"):
+            value = f"{r['value']:.3f} at suggested K = {r['suggested_k']}"
+        else:
+            value = f"{r['value']:.2f} ± {r['ci95']:.2f}"
         mark = "" if r["passed"] is None else (" ✓" if r["passed"] else " ✗")
         floor = "–" if r["floor"] is None else (f"≤ {r['floor']}" if r["task"] == "lake_error" else f"≥ {r['floor']}")
-        if r["task"] == "beats_sgd":
-            floor = "> plain SGD, paired"
+        if r["task"] in (SGD_TASK, "beats_sgd"):
+            floor = "> 0 (plain SGD), paired"
+        elif r["task"] in (GLOBAL_TASK, "beats_global"):
+            floor = "> 0 (its global model), paired"
+        elif r["task"] in (ARI_TASK, "cluster_ari"):
+            floor = f"≥ {r['floor']}" + (f", K = {r['k']}" if r.get("k") else "")
         published = "–" if r.get("published") is None else f"{r['published']}"
         hours = f"{m['wall_time_s'] / 3600:.2f} h" if m.get("wall_time_s") else "–"
         where = (m.get("sittings") or [{}])[-1].get("machine", "–")

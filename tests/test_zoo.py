@@ -37,7 +37,7 @@ def tiny_zoo(tmp_path, monkeypatch):
 def test_every_algorithm_of_the_registry_has_a_recipe_and_every_recipe_validates():
     recipes = zoo.recipes()
     algorithms = {r.config.algorithm for r in recipes.values()}
-    assert set(REGISTRY) - {"clustered"} <= algorithms
+    assert set(REGISTRY) <= algorithms
     for rec in recipes.values():
         assert rec.floors, f"{rec.name} declares no floor"
         assert rec.config.lr_schedule in ("constant", "cosine") and rec.config.steps > 0
@@ -161,6 +161,37 @@ def test_cluster_experts_can_start_from_a_zoo_model_named_as_such(tiny_zoo):
     config = clustered_config("zoo:tiny", k=2, source="mixed")
     assert config.hparams["base"] == "zoo:tiny" and config.dataset == "digits"
     assert [z["source"] for z in zoo.shipped()] == ["zoo:tiny"]
+
+
+def test_cluster_experts_are_a_recipe_scored_against_their_global_model_and_their_clusters(tiny_zoo, omniglot, mnist):
+    experts = {"summary": "experts on zoo:tiny", "paper": "test",
+               "config": {"algorithm": "clustered", "dataset": "digits", "n_way": 5, "k_shot": 1, "n_query": 5,
+                          "meta_batch": 2, "meta_lr": 0.0005, "steps": 4, "val_every": 2, "val_episodes": 10,
+                          "log_every": 1,
+                          "hparams": {"base": "zoo:tiny", "k": 3, "source": "mixed", "tasks": 30,
+                                      "base_algorithm": "protonet", "base_hparams": {"distance": "euclidean"}}},
+               "tasks": [], "floors": {"beats_global": True, "cluster_ari": 0.9}}
+    (tiny_zoo / "recipes.json").write_text(json.dumps({"tiny": TINY, "tiny-experts": experts}))
+    list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=2))
+    assert [r["task"] for r in zoo_verify.verify(["tiny-experts"])] == ["beats_global", "cluster_ari"]  # not shipped
+
+    for _ in range(2):  # experts fine-tune from their base every time, never from the experts shipped before
+        records = list(zoo.train("tiny-experts", runs_dir=tiny_zoo / "runs"))
+        assert records[0]["from_step"] == 0
+        assert json.loads((Path(records[0]["run_dir"]) / "config.json").read_text())["init_from"] is None
+    manifest = zoo.read_manifest("tiny-experts")
+    assert manifest["step"] == 4 and len(manifest["sittings"]) == 2
+
+    rows = zoo_verify.verify(["tiny-experts"], episodes=30, record=True)
+    paired, clusters = rows
+    assert paired["task"] == zoo_verify.GLOBAL_TASK and paired["episodes"] == 30
+    assert paired["passed"] == (paired["value"] - paired["ci95"] > 0)
+    assert clusters["task"] == zoo_verify.ARI_TASK and -1 <= clusters["value"] <= 1 and clusters["k"] == 3
+    assert clusters["passed"] == (clusters["value"] >= 0.9 and clusters["suggested_k"] == 3)
+    assert zoo_verify.recorded_rows(["tiny-experts"]) == rows
+    table = zoo_verify.markdown_table(rows)
+    assert f"| {zoo_verify.GLOBAL_TASK} | – |" in table and "> 0 (its global model), paired" in table
+    assert f"at suggested K = {clusters['suggested_k']}" in table and "≥ 0.9, K = 3" in table
 
 
 def test_the_shipped_zoo_is_whole_and_within_its_size_caps(monkeypatch):

@@ -3,7 +3,7 @@
 A global meta-learner (the *base*) embeds a new task's support set; the router maps the
 embedding to its nearest K-means centroid, and that cluster's *expert* (a copy of the base
 fine-tuned on the cluster's tasks) adapts to the task. Trained by
-:func:`lab.clustering.train_clustered` (``python -m lab train --algorithm clustered --base RUN``).
+:func:`lab.experts.train_clustered` (``python -m lab train --algorithm clustered --base RUN``).
 """
 
 from __future__ import annotations
