@@ -8,10 +8,10 @@ import time
 
 from lab import runs
 from lab.algorithms.inner import sgd
+from lab.clustering import cluster_report
 from lab.data import load_dataset
 from lab.device import pick_device
 from lab.episodes import episode_stream
-from lab.clustering import cluster_report
 from lab.evaluation import episode_accuracies, meta_test, paired_comparison
 from lab.experts import compare_on_source
 from lab.lake import lake_error
@@ -35,7 +35,7 @@ SGD_TASK = "5w1s minus SGD"  # learned-opt's row: its accuracy less plain SGD's 
 GLOBAL_TASK = "mixed 5w1s minus global"  # cluster experts' row: their accuracy less their global model's, paired
 ARI_TASK = "mixed clusters ARI"  # the global model's task clusters at the suggested K against the true sources
 PAIRED = {SGD_TASK: "beats_sgd", GLOBAL_TASK: "beats_global"}  # row: its floor, a paired lead that excludes zero
-MIXED_TASKS = 500  # tasks clustered for the ARI row, as the Task Clusters page does
+MIXED_TASKS = 500  # tasks clustered for the ARI row, as `python -m lab cluster` does by default
 
 
 def _row(name: str, task: str, value: float, ci95: float, floor, published, higher_is_better: bool = True,
