@@ -34,7 +34,7 @@ class _WithSGD:
 SGD_TASK = "5w1s minus SGD"  # learned-opt's row: its accuracy less plain SGD's from the same weights, paired
 GLOBAL_TASK = "mixed 5w1s minus global"  # cluster experts' row: their accuracy less their global model's, paired
 ARI_TASK = "mixed clusters ARI"  # the global model's task clusters at the suggested K against the true sources
-PAIRED = {SGD_TASK: "beats_sgd", GLOBAL_TASK: "beats_global"}  # row: its floor, a paired lead that excludes zero
+PAIRED = (SGD_TASK, GLOBAL_TASK)  # rows that pass when a paired lead excludes zero
 MIXED_TASKS = 500  # tasks clustered for the ARI row, as `python -m lab cluster` does by default
 
 

@@ -162,7 +162,7 @@ def test_the_bic_counts_groups_of_unequal_size_and_spread_where_the_silhouette_s
 
     # Two tight groups side by side and a wide one far away: the silhouette's best K is 2.
     points, _ = make_blobs([150, 150, 200], centers=[(0, 0), (4, 0), (30, 0)], cluster_std=[0.6, 0.6, 4.0],
-                               random_state=0)
+                           random_state=0)
     scan = scan_k(points, range(1, 9))
     silhouettes = {r["k"]: r["silhouette"] for r in scan[1:]}
     assert max(silhouettes, key=silhouettes.get) == 2

@@ -22,6 +22,6 @@ from lab.clustering.embeddings import (  # noqa: F401
     EMBEDDINGS, embed_support, embed_tasks, gradient_embedding, representation_embedding,
 )
 from lab.clustering.kmeans import (  # noqa: F401
-    BIC_DIMS, FeatureMap, agreement, analyse, cluster_report, cluster_table, elbow_k, fit_feature_map, kmeans, project,
-    mixture_bic, scan_k, suggest_k,
+    BIC_DIMS, FeatureMap, agreement, analyse, cluster_report, cluster_table, elbow_k, fit_feature_map, kmeans,
+    mixture_bic, project, scan_k, suggest_k,
 )
