@@ -202,7 +202,8 @@ def ship(name: str, run_dir) -> dict:
     os.replace(tmp, out)
     sittings.append({"run": run_dir.name, "from_step": from_step, "to_step": status.get("step"),
                      "wall_s": round(status.get("elapsed_s") or 0.0, 1), "machine": machine(),
-                     "device": status.get("device"), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")})
+                     "device": status.get("device"), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                     "curve": _validation_curve(run_dir)})
     manifest = {
         "name": name, "recipe": rec.summary, "paper": rec.paper, "config": exported["config"],
         "step": exported["step"], "trained_steps": status.get("step"), "recipe_steps": rec.config.steps,
@@ -212,6 +213,37 @@ def ship(name: str, run_dir) -> dict:
     }
     runs.write_json(manifest_path(name), manifest)
     return manifest
+
+
+def _validation_curve(run_dir: Path) -> list[list[float]]:
+    """``[step, meta-validation accuracy, seconds into the sitting]`` at each validation of the run."""
+    return [[r["step"], round(r["val_accuracy"], 4), round(r.get("elapsed_s") or 0.0, 1)]
+            for r in runs.read_jsonl(run_dir / "metrics.jsonl") if r.get("val_accuracy") is not None]
+
+
+def learning_curve(name: str) -> list[dict]:
+    """Recipe ``name``'s meta-validation accuracy against steps and training hours, across its sittings.
+
+    Hours count from the recipe's first step: each sitting adds the wall time of those before it. Of a
+    sitting shipped without its curve only two points are known: its end (steps and hours, not the
+    accuracy) and, if the shipped checkpoint is its, that checkpoint's step and accuracy."""
+    m = read_manifest(name) or {}
+    points, seconds_before = [], 0.0
+    for s in m.get("sittings", []):
+        wall = s.get("wall_s") or 0.0
+        curve = s.get("curve")
+        if curve is None:
+            curve = [[s.get("to_step"), None, wall]]
+            if s.get("from_step", 0) < m.get("step", -1) <= (s.get("to_step") or 0):
+                at_end = m["step"] == s.get("to_step")
+                curve = ([[m["step"], m.get("val_accuracy"), wall]] if at_end else
+                         [[m["step"], m.get("val_accuracy"), None]] + curve)
+        for step, accuracy, seconds in curve:
+            hours = None if seconds is None else round((seconds_before + seconds) / 3600, 3)
+            points.append({"step": step, "val_accuracy": accuracy, "hours": hours,
+                           "sitting": s.get("run"), "device": s.get("device"), "machine": s.get("machine")})
+        seconds_before += wall
+    return points
 
 
 def shipped() -> list[dict]:

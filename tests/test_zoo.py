@@ -63,6 +63,16 @@ def test_a_recipe_trains_ships_and_the_next_sitting_continues_from_the_shipped_m
     second = zoo.read_manifest("tiny")
     assert [s["from_step"] for s in second["sittings"]] == [0, first["step"]]
     assert second["wall_time_s"] == pytest.approx(sum(s["wall_s"] for s in second["sittings"]))
+    # The learning curve runs on across sittings: each validation once, its hours counted from the first step.
+    curve = zoo.learning_curve("tiny")
+    validations = [(d.name, r) for d in sorted((tiny_zoo / "runs").iterdir())
+                   for r in runs.read_jsonl(d / "metrics.jsonl") if "val_accuracy" in r]
+    assert [(p["sitting"], p["step"], p["val_accuracy"]) for p in curve] == \
+        [(name, r["step"], round(r["val_accuracy"], 4)) for name, r in validations]
+    hours = [p["hours"] for p in curve]
+    assert hours == sorted(hours) and hours[-1] <= second["wall_time_s"] / 3600 + 1e-3
+    first_sitting = sum(p["sitting"] == first["sittings"][0]["run"] for p in curve)
+    assert all(h >= first["sittings"][0]["wall_s"] / 3600 - 1e-3 for h in hours[first_sitting:])
     # The second run started from the shipped weights: its step-0 validation scored them.
     _, model = runs.load_model(run_dir / "best.pt")
     if second["step"] == first["step"]:
@@ -102,6 +112,10 @@ def test_zoo_names_resolve_wherever_a_run_is_taken(tiny_zoo, capsys):
     assert out["run"] == "zoo:tiny" and out["k"] == 3
     _, model = runs.load_model("zoo:tiny")
     assert model.name == "protonet"
+    curve = cli_json(capsys, "zoo", "curve", "tiny", "--json")["tiny"]
+    assert [p["step"] for p in curve] == [3] and 0 <= curve[0]["val_accuracy"] <= 1
+    assert main(["zoo", "curve", "tiny"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["step", "3"]
 
 
 def test_a_damaged_zoo_model_is_refused_with_a_clear_message(tiny_zoo, capsys):

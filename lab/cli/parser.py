@@ -118,9 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_eval)
 
     q = sub.add_parser("zoo", help="the model zoo: recipes, training them, shipping and verifying their models")
-    q.add_argument("action", choices=("list", "status", "train", "ship", "verify", "table"))
-    q.add_argument("name", nargs="?", help="a recipe (verify, table: all when absent; table prints the rows "
-                   "verify --record last measured)")
+    q.add_argument("action", choices=("list", "status", "train", "ship", "verify", "table", "curve"))
+    q.add_argument("name", nargs="?", help="a recipe (verify, table, curve: all when absent; table prints the rows "
+                   "verify --record last measured; curve, the meta-validation accuracy against steps and hours)")
     q.add_argument("--minutes", type=float, help="train: stop this sitting after so many minutes (the schedule "
                    "follows the recipe's steps)")
     q.add_argument("--steps", type=int, help="train: the total steps to reach (default: the recipe's)")

@@ -53,6 +53,11 @@ def cmd_zoo(args) -> int:
         rows = zoo_verify.recorded_rows([args.name] if args.name else None)
         print_json(rows) if args.json else print(zoo_verify.markdown_table(rows))
         return 0
+    if args.action == "curve":
+        names = [zoo.recipe(args.name).name] if args.name else [r["name"] for r in zoo.status() if r["shipped"]]
+        curves = {name: zoo.learning_curve(name) for name in names}
+        print_json(curves) if args.json else print(format_curves(curves))
+        return 0
     rows = zoo_verify.verify([args.name] if args.name else None, args.episodes, args.device, args.record, args.lake_runs)
     if args.json:
         print_json(rows)
@@ -62,6 +67,19 @@ def cmd_zoo(args) -> int:
     if failed:
         print(f"under the floor or missing: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def format_curves(curves: dict[str, list[dict]]) -> str:
+    """One block per recipe: step, meta-validation accuracy and training hours at each validation."""
+    blocks = []
+    for name, points in curves.items():
+        lines = [f"{name}:" if points else f"{name}: not shipped"]
+        for p in points:
+            accuracy = "?" if p["val_accuracy"] is None else f"{100 * p['val_accuracy']:.2f}%"
+            hours = "?" if p["hours"] is None else f"{p['hours']:.2f}"
+            lines.append(f"  step {p['step']:>6}  {accuracy:>7}  {hours:>6} h  {p['device'] or ''}")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
 
 
 def cmd_bench(args) -> int:
