@@ -189,7 +189,7 @@ def checkpoint_file(source: str | os.PathLike) -> Path:
 
 def validation_pool(config, data_dir=None):
     """The pool of the run's own meta-validation classes."""
-    return load_dataset(config.dataset, data_dir or config.data_dir, config.split_scheme).pool("val")
+    return load_dataset(config.dataset, data_dir or config.data_dir, config.split_scheme, config.strokes).pool("val")
 
 
 def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int = CALIBRATION_SHOT,

@@ -13,6 +13,7 @@ from lab.device import DEVICE_CHOICES
 from lab.fields import check_fields, choice, declared, field_comments, number, positive
 
 LR_SCHEDULES = ("constant", "cosine")
+STROKES = ("as-drawn", "normalised")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TrainConfig:
     log_every: int = positive(10)  # outer steps between metric lines
     hparams: dict = field(default_factory=dict)  # the algorithm's own hyper-parameters
     augment: bool = False  # small random affine changes and stroke thickness on training images (lab.augment)
+    strokes: str = choice("as-drawn", STROKES)  # normalised: every image the model meets, in training and in tests, has its strokes redrawn at MNIST's width first, as the drawing pad's are (lab.data.normalised_strokes)
     init_from: str | None = None  # a checkpoint (or zoo:NAME) whose weights and step count the run starts from
 
     def __post_init__(self):

@@ -15,7 +15,9 @@ cache live in :mod:`lab.fewshot`, Omniglot's reading in :mod:`lab.omniglot`; thi
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import hashlib
 import os
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from lab.fewshot import (DATASETS, DIGIT_SPLIT, IMAGE_SUFFIXES, OMNIGLOT_SMALL, 
                          SPLITS, ClassPool, DatasetUnavailable, FewShotDataset, _cached, _to_tensor, cache_dir,
                          data_dir)
 from lab.omniglot import load_omniglot, omniglot_drawers  # noqa: F401
-from lab.preprocess import preprocess_image
+from lab.preprocess import BadImage, normalise_digit, preprocess_image
 
 # --------------------------------------------------------------------------- MNIST
 
@@ -172,11 +174,41 @@ def load_folder(folder: Path) -> FewShotDataset:
 # --------------------------------------------------------------------------- entry point
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, scheme: str | None = None) -> FewShotDataset:
-    """Load a dataset by name. ``root`` is the data folder (for ``folder``: the image folder itself).
+def load_dataset(name: str, root: str | os.PathLike | None = None, scheme: str | None = None,
+                 strokes: str = "as-drawn") -> FewShotDataset:
+    """Load a dataset by name. ``root`` is the data folder (for ``folder``: the image folder itself);
+    ``strokes="normalised"`` redraws every image's strokes first (:func:`normalised_strokes`).
 
     Raises :class:`DatasetUnavailable` with a message saying where it looked when the data is missing.
     """
+    dataset = _load_dataset(name, root, scheme)
+    return normalised_strokes(dataset) if strokes == "normalised" else dataset
+
+
+def normalised_strokes(dataset: FewShotDataset) -> FewShotDataset:
+    """``dataset`` with each image's strokes redrawn as a drawing's are before a model sees it
+    (:func:`lab.preprocess.normalise_digit`: thinned, drawn again at MNIST's width, fitted and centred),
+    so a model trained on one dataset meets another's images, and the pad's, in the same hand.
+
+    The redrawn images are cached by the content of the originals; an image with no stroke to redraw
+    stays as it is."""
+    originals = dataset.images[:, 0].numpy()
+    digest = hashlib.sha1(np.ascontiguousarray(originals).tobytes()).hexdigest()[:20]
+
+    def build() -> dict:
+        def redraw(image: np.ndarray) -> np.ndarray:
+            try:
+                return normalise_digit(image)
+            except BadImage:
+                return image
+
+        return {"images": _to_tensor([redraw(image) for image in originals])}
+
+    payload = _cached(f"strokes:{dataset.name}:{digest}", build)
+    return dataclasses.replace(dataset, images=payload["images"])
+
+
+def _load_dataset(name: str, root: str | os.PathLike | None, scheme: str | None) -> FewShotDataset:
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, not {name!r}")
     if scheme is not None and scheme not in SPLIT_SCHEMES[name]:

@@ -83,13 +83,16 @@ def paired_comparison(accs_a: np.ndarray, accs_b: np.ndarray) -> dict:
 
 
 def compare_models(model_a, model_b, pool, n_way: int, k_shot: int, n_query: int = 15, episodes: int = 1000,
-                   seed: int = 0, device: torch.device | str = "cpu", progress: Progress | None = None) -> dict:
+                   seed: int = 0, device: torch.device | str = "cpu", progress: Progress | None = None,
+                   pool_b=None) -> dict:
     """Both models on the same ``episodes`` episodes from ``pool``, compared pairwise;
-    ``progress(done, 2 * episodes)`` after each episode of either model."""
+    ``progress(done, 2 * episodes)`` after each episode of either model. ``pool_b``, the same classes
+    and members with images prepared as model B needs them, gives B the same tasks in its own images."""
     check_request(pool, n_way, k_shot, n_query)
     stream = episode_stream(pool, n_way, k_shot, n_query, episodes, seed)
+    stream_b = stream if pool_b is None else episode_stream(pool_b, n_way, k_shot, n_query, episodes, seed)
     out = paired_comparison(episode_accuracies(model_a, stream, device, _shifted(progress, 0, 2 * episodes)),
-                            episode_accuracies(model_b, stream, device, _shifted(progress, episodes, 2 * episodes)))
+                            episode_accuracies(model_b, stream_b, device, _shifted(progress, episodes, 2 * episodes)))
     out.update(n_way=n_way, k_shot=k_shot, n_query=n_query, seed=seed)
     return out
 
@@ -101,7 +104,8 @@ def meta_test_pool(config, dataset: str | None, data_dir: str | None, split: str
     """The pool a run is meta-tested on: its own dataset's test split, or all classes of another."""
     name = dataset or config.dataset
     same = name == config.dataset
-    data = load_dataset(name, data_dir or (config.data_dir if same else None), config.split_scheme if same else None)
+    data = load_dataset(name, data_dir or (config.data_dir if same else None), config.split_scheme if same else None,
+                        config.strokes)
     split = split or ("test" if same else "all")
     return name, split, data.pool(split)
 
@@ -169,10 +173,15 @@ def compare_runs(run_dirs: list, *, n_query: int = 15, episodes: int = 600, seed
     reference = loaded[0][0]
     name, split, pool = meta_test_pool(reference, None, None, None)
     check_request(pool, reference.n_way, reference.k_shot, n_query)
-    stream = episode_stream(pool, reference.n_way, reference.k_shot, n_query, episodes, seed)
+    streams = {reference.strokes: episode_stream(pool, reference.n_way, reference.k_shot, n_query, episodes, seed)}
+    for config, _ in loaded:  # the same tasks, in the images each model is tested on
+        if config.strokes not in streams:
+            streams[config.strokes] = episode_stream(meta_test_pool(reference.replace(strokes=config.strokes), None,
+                                                                    None, None)[2],
+                                                     reference.n_way, reference.k_shot, n_query, episodes, seed)
     total = episodes * len(loaded)
-    accs = [episode_accuracies(model, stream, torch_device, _shifted(progress, i * episodes, total))
-            for i, (_, model) in enumerate(loaded)]
+    accs = [episode_accuracies(model, streams[config.strokes], torch_device, _shifted(progress, i * episodes, total))
+            for i, (config, model) in enumerate(loaded)]
     names = [Path(r).name for r in run_dirs]
     per_run = [{"run": n, "accuracy": mean_ci95(a)[0], "ci95": mean_ci95(a)[1]} for n, a in zip(names, accs)]
     pairs = [{"run_a": names[i], "run_b": names[0], **paired_comparison(accs[i], accs[0])} for i in range(1, len(accs))]

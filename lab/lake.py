@@ -39,13 +39,13 @@ class LakeRun(NamedTuple):
     episode: Episode
 
 
-def lake_runs(runs: int = RUNS, seed: int = 0, data_dir=None) -> list[LakeRun]:
+def lake_runs(runs: int = RUNS, seed: int = 0, data_dir=None, strokes: str = "as-drawn") -> list[LakeRun]:
     """The protocol's runs: a pure function of ``runs`` and ``seed``.
 
     Run ``r`` takes the ``r``-th evaluation alphabet of a seeded order (a new order every 20
     runs), 20 of its characters and two different drawers, all chosen by the seeded generator.
     """
-    data = load_dataset("omniglot", data_dir, "background")
+    data = load_dataset("omniglot", data_dir, "background", strokes)
     pool = data.pool("test")  # the evaluation alphabets, unrotated
     drawers = omniglot_drawers(data_dir)
     by_alphabet: dict[str, list[int]] = {}
@@ -82,9 +82,9 @@ def check_qualifies(config) -> None:
             f"({', '.join(QUALIFYING_SCHEMES)} schemes); this one was trained on {config.dataset}:{scheme}")
 
 
-def lake_error(model, runs: int = RUNS, seed: int = 0, data_dir=None, device="cpu") -> dict:
+def lake_error(model, runs: int = RUNS, seed: int = 0, data_dir=None, device="cpu", strokes: str = "as-drawn") -> dict:
     """Mean error rate over the protocol's runs, with its 95% interval and every run's error."""
-    chosen = lake_runs(runs, seed, data_dir)
+    chosen = lake_runs(runs, seed, data_dir, strokes)
     accs = episode_accuracies(model, [r.episode for r in chosen], device)
     errors = 1.0 - accs
     mean, ci95 = mean_ci95(errors)

@@ -140,12 +140,13 @@ def recipe_defaults(algorithm: str, dataset: str) -> dict:
 
 
 def recipe_config(name: str, device: str = "auto", steps: int | None = None) -> TrainConfig:
-    """The recipe's config, starting from the shipped model when there is one. Cluster experts start
-    from their base each time: they fine-tune in minutes."""
+    """The recipe's config, starting from the shipped model when there is one, else from the recipe's own
+    ``init_from`` (a model it fine-tunes, whose weights and step count it continues). Cluster experts
+    start from their base each time: they fine-tune in minutes."""
     rec = recipe(name)
     warm = read_manifest(name) and rec.config.algorithm != "clustered"
     return rec.config.replace(device=device, steps=steps or rec.config.steps,
-                              init_from=f"{runs.ZOO_PREFIX}{name}" if warm else None)
+                              init_from=f"{runs.ZOO_PREFIX}{name}" if warm else rec.config.init_from)
 
 
 def train(name: str, minutes: float | None = None, runs_dir=None, device: str = "auto",
@@ -188,7 +189,12 @@ def ship(name: str, run_dir) -> dict:
     previous = read_manifest(name) or {}
     sittings = [s for s in previous.get("sittings", []) if s.get("run") != run_dir.name]
     earlier = next((s for s in previous.get("sittings", []) if s.get("run") == run_dir.name), None)
-    from_step = earlier["from_step"] if earlier else (previous.get("step", 0) if config.init_from else 0)
+    if earlier:
+        from_step = earlier["from_step"]
+    elif config.init_from:  # the shipped model it continued, or the model its recipe fine-tunes
+        from_step = previous["step"] if previous else _start_step(config)
+    else:
+        from_step = 0
     status = runs.read_status(run_dir)
     out = model_path(name)
     out.parent.mkdir(parents=True, exist_ok=True)

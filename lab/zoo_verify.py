@@ -63,16 +63,16 @@ def verify_model(name: str, episodes: int = 1000, device: str = "auto", lake_run
     rec, manifest = recipe(name), check_model(name)
     torch_device = pick_device(device)
     config, model = runs.load_model(model_path(name), device=torch_device)
-    pool = load_dataset(config.dataset, None, config.split_scheme).pool("test")
+    pool = load_dataset(config.dataset, None, config.split_scheme, config.strokes).pool("test")
     rows = []
     if rec.protocol == "lake":
-        result = lake_error(model, runs=lake_runs, device=torch_device)
+        result = lake_error(model, runs=lake_runs, device=torch_device, strokes=config.strokes)
         rows.append(_row(name, "lake_error", 100 * result["error"], 100 * result["ci95"], rec.floors["lake_error"],
                          rec.published.get("lake_error"), higher_is_better=False, episodes=lake_runs))
     for task in rec.tasks:
         if task in TRANSFER:
             dataset, n_way, k_shot = TRANSFER[task]
-            task_pool = load_dataset(dataset).pool("all")
+            task_pool = load_dataset(dataset, strokes=config.strokes).pool("all")
         else:
             (n_way, k_shot), task_pool = TASKS[task], pool
         result = meta_test(model, task_pool, n_way, k_shot, 15, episodes, seed=0, device=torch_device)

@@ -4,6 +4,7 @@ import torch
 from PIL import Image
 
 from lab.data import DatasetUnavailable, load_dataset
+from lab.preprocess import normalise_digit
 
 
 def test_omniglot_has_964_and_659_characters_with_19280_and_13180_images(omniglot):
@@ -83,6 +84,18 @@ def test_a_damaged_cache_file_is_rebuilt(tmp_path, monkeypatch):
     cache = next(tmp_path.glob("digits-*.pt"))
     cache.write_bytes(b"not a tensor file")
     assert len(load_dataset("digits").images) == 1797
+
+
+def test_normalised_strokes_redraw_every_image_as_a_drawing_and_keep_classes_and_splits(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    drawn, normalised = load_dataset("digits"), load_dataset("digits", strokes="normalised")
+    assert normalised.images.shape == drawn.images.shape and normalised.images.dtype == torch.uint8
+    assert np.array_equal(normalised.labels, drawn.labels) and normalised.splits.keys() == drawn.splits.keys()
+    for i in (0, 500, 1796):
+        assert np.array_equal(normalised.images[i, 0].numpy(), normalise_digit(drawn.images[i, 0].numpy()))
+    assert (normalised.images != drawn.images).any(dim=(1, 2, 3)).float().mean() > 0.9
+    assert len(list(tmp_path.glob("strokes-*.pt"))) == 1  # cached by the originals' content
+    assert torch.equal(load_dataset("digits", strokes="normalised").images, normalised.images)
 
 
 def test_a_missing_dataset_with_no_network_gives_a_clear_error(tmp_path):

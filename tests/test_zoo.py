@@ -79,6 +79,19 @@ def test_a_recipe_trains_ships_and_the_next_sitting_continues_from_the_shipped_m
         assert all(torch.equal(model.state_dict()[k], v) for k, v in shipped_weights.items())
 
 
+def test_a_recipe_that_fine_tunes_another_model_starts_from_its_weights_and_step_count(tiny_zoo):
+    list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=4))
+    base = zoo.read_manifest("tiny")
+    tuned = {**TINY, "config": {**TINY["config"], "init_from": "zoo:tiny", "strokes": "normalised", "steps": 7}}
+    (tiny_zoo / "recipes.json").write_text(json.dumps({"tiny": TINY, "tiny-tuned": tuned}))
+    records = list(zoo.train("tiny-tuned", runs_dir=tiny_zoo / "runs"))
+    assert records[0]["from_step"] == base["step"]
+    assert [r["step"] for r in records if "step" in r][-1] == 7
+    manifest = zoo.read_manifest("tiny-tuned")
+    assert manifest["sittings"][0]["from_step"] == base["step"] and manifest["config"]["strokes"] == "normalised"
+    assert zoo.recipe_config("tiny-tuned").init_from == "zoo:tiny-tuned"  # the next sitting continues its own
+
+
 def test_a_sitting_that_runs_out_of_time_stops_resumably_and_keeps_the_schedule_of_the_steps(tiny_zoo):
     config = zoo.recipe_config("tiny").replace(steps=10_000, val_every=5, log_every=1)
     run_dir = runs.create_run(tiny_zoo / "runs", config, "limited")

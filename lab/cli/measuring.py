@@ -48,7 +48,8 @@ def _eval_lake(args) -> int:
     device = pick_device(args.device)
     config, model = runs.load_model(args.run, device=device)
     check_qualifies(config)
-    result = lake_error(model, runs=args.lake_runs, seed=args.seed, data_dir=args.data_dir, device=device)
+    result = lake_error(model, runs=args.lake_runs, seed=args.seed, data_dir=args.data_dir, device=device,
+                        strokes=config.strokes)
     result["run"] = str(args.run)
     if args.json:
         print_json(result)
@@ -67,16 +68,17 @@ def cmd_compare(args) -> int:
 
     device = pick_device(args.device)
     config_a, model_a = runs.load_model(resolve_model(args.run_a), device=device)
-    _, model_b = runs.load_model(resolve_model(args.run_b), device=device)
+    config_b, model_b = runs.load_model(resolve_model(args.run_b), device=device)
     if args.source:
         return _compare_on_source(args, config_a, model_a, model_b, device)
     dataset_name = args.dataset or config_a.dataset
     same = dataset_name == config_a.dataset
-    dataset = load_dataset(dataset_name, args.data_dir or (config_a.data_dir if same else None),
-                           config_a.split_scheme if same else None)
+    datasets = [load_dataset(dataset_name, args.data_dir or (config_a.data_dir if same else None),
+                             config_a.split_scheme if same else None, c.strokes) for c in (config_a, config_b)]
     split = args.split or ("test" if same else "all")
-    result = compare_models(model_a, model_b, dataset.pool(split), args.n_way or config_a.n_way,
-                            args.k_shot or config_a.k_shot, args.n_query, args.episodes, args.seed, device)
+    result = compare_models(model_a, model_b, datasets[0].pool(split), args.n_way or config_a.n_way,
+                            args.k_shot or config_a.k_shot, args.n_query, args.episodes, args.seed, device,
+                            pool_b=datasets[1].pool(split))
     result.update(run_a=str(args.run_a), run_b=str(args.run_b), dataset=dataset_name, split=split)
     if args.json:
         print_json(result)
