@@ -92,6 +92,17 @@ def test_a_recipe_that_fine_tunes_another_model_starts_from_its_weights_and_step
     assert zoo.recipe_config("tiny-tuned").init_from == "zoo:tiny-tuned"  # the next sitting continues its own
 
 
+def test_sittings_shipped_without_their_curve_are_known_at_the_shipped_checkpoint_and_their_ends(tiny_zoo):
+    zoo.manifest_path("tiny").parent.mkdir(parents=True)
+    zoo.model_path("tiny").write_bytes(b"")  # a manifest counts beside its model
+    runs.write_json(zoo.manifest_path("tiny"), {"step": 2000, "val_accuracy": 0.97, "sittings": [
+        {"run": "a", "from_step": 0, "to_step": 2000, "wall_s": 3600.0},
+        {"run": "b", "from_step": 2000, "to_step": 3000, "wall_s": 1800.0},
+        {"run": "c", "from_step": 2000, "to_step": 2500, "wall_s": 900.0, "curve": [[2250, 0.96, 450.0]]}]})
+    points = [(p["sitting"], p["step"], p["val_accuracy"], p["hours"]) for p in zoo.learning_curve("tiny")]
+    assert points == [("a", 2000, 0.97, 1.0), ("b", 3000, None, 1.5), ("c", 2250, 0.96, 1.625)]
+
+
 def test_a_sitting_that_runs_out_of_time_stops_resumably_and_keeps_the_schedule_of_the_steps(tiny_zoo):
     config = zoo.recipe_config("tiny").replace(steps=10_000, val_every=5, log_every=1)
     run_dir = runs.create_run(tiny_zoo / "runs", config, "limited")
