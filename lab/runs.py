@@ -28,7 +28,8 @@ from lab.config import TrainConfig
 
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_MODEL = ASSETS / "protonet-omniglot.pt"
+DEFAULT_MODEL = ASSETS / "protonet-omniglot.pt"  # the model the lab opens with when the zoo has no drawing model
+DRAWING_MODEL = "protonet-draw"  # the zoo model that, once shipped, is the default
 ZOO_PREFIX = "zoo:"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 STOP_FILE = "STOP"
@@ -204,17 +205,26 @@ def zoo_dir() -> Path:
     return Path(os.environ.get("LAB_ZOO_DIR") or ASSETS / "zoo")
 
 
+def default_model() -> Path:
+    """The file ``default`` names: the zoo's drawing model (:data:`DRAWING_MODEL`) when it is shipped,
+    else the model shipped in ``assets/`` (:data:`DEFAULT_MODEL`)."""
+    drawing = zoo_dir() / f"{DRAWING_MODEL}.pt"
+    if drawing.is_file():
+        return drawing
+    if not DEFAULT_MODEL.is_file():
+        raise ValueError(f"the shipped model {DEFAULT_MODEL} is missing: rebuild it as assets/README.md says")
+    return DEFAULT_MODEL
+
+
 def resolve_source(source: str | os.PathLike) -> Path:
     """Where a model named on the command line or a page lives.
 
     ``zoo:NAME`` is a model of the zoo (``assets/zoo/NAME.pt``), ``default`` the model the lab opens
-    with, anything else a run folder or a checkpoint file.
+    with (:func:`default_model`), anything else a run folder or a checkpoint file.
     """
     text = str(source)
     if text == "default":
-        if not DEFAULT_MODEL.is_file():
-            raise ValueError(f"the shipped model {DEFAULT_MODEL} is missing: rebuild it as assets/README.md says")
-        return DEFAULT_MODEL
+        return default_model()
     if text.startswith(ZOO_PREFIX):
         name = check_name(text[len(ZOO_PREFIX):])
         path = zoo_dir() / f"{name}.pt"

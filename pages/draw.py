@@ -36,9 +36,17 @@ def get_bank(source: str):
 
 
 def model_choices() -> dict[str, str]:
-    """Label -> source: the shipped model, the zoo's models, then every run that has a checkpoint."""
-    choices = {"Shipped: Prototypical Network meta-trained on Omniglot": "default"}
-    choices.update({z["label"]: z["source"] for z in zoo.shipped()})
+    """Label -> source: the default model, the zoo's other models, the model shipped in assets/ when it is
+    not the default, then every run that has a checkpoint."""
+    models = zoo.shipped()
+    drawing = next((z for z in models if z["name"] == runs.DRAWING_MODEL), None)
+    if drawing:
+        choices = {f"Default: {drawing['label'].removeprefix('Zoo: ')}": "default"}
+        choices.update({z["label"]: z["source"] for z in models if z is not drawing})
+        choices["Shipped: Prototypical Network meta-trained on Omniglot (assets/)"] = str(runs.DEFAULT_MODEL)
+    else:
+        choices = {"Shipped: Prototypical Network meta-trained on Omniglot": "default"}
+        choices.update({z["label"]: z["source"] for z in models})
     for r in runs.list_runs(runs.default_runs_dir()):
         folder = Path(r["path"])
         if (folder / "best.pt").exists() or (folder / "last.pt").exists():

@@ -132,7 +132,7 @@ def test_calibrating_a_run_writes_its_temperature_into_the_checkpoint_and_keeps_
 
 
 def test_the_predictor_divides_the_logits_by_the_checkpoints_temperature(tmp_path):
-    out = write_calibration(DEFAULT_MODEL, {"temperature": 2.5}, tmp_path / "hot.pt")
+    out = write_calibration(runs.default_model(), {"temperature": 2.5}, tmp_path / "hot.pt")
     _, plain = load_predictor("default")
     _, hot = load_predictor(out)
     assert plain.temperature == 1.0 and hot.temperature == 2.5

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from lab import runs
 from lab.predict import DEFAULT_MODEL, Predictor, SupportSet, digit_support, load_digit_bank, load_model
 from lab.taught import BadTaughtSet, TaughtSet
 from lab.preprocess import preprocess_bytes
@@ -298,7 +299,7 @@ def test_predict_json_says_when_it_is_unsure_and_why(tmp_path, capsys):
 def test_predict_divides_by_the_temperature_a_calibrated_checkpoint_holds(tmp_path, capsys):
     from lab.calibration import write_calibration
 
-    hot = write_calibration(DEFAULT_MODEL, {"temperature": 3.0}, tmp_path / "hot.pt")
+    hot = write_calibration(runs.default_model(), {"temperature": 3.0}, tmp_path / "hot.pt")
     (tmp_path / "zero.png").write_bytes(symbol("circle", 5))
     results = [json.loads(cli(capsys, "predict", "--run", str(run), "--image", str(tmp_path / "zero.png"),
                               "--support", "digits", "--json")[1]) for run in ("default", hot)]
@@ -349,7 +350,6 @@ def test_predict_on_bad_input_exits_with_one_line(tmp_path, capsys, name, conten
 
 
 def test_export_strips_the_optimiser_and_predicts_as_the_run_does(tmp_path, capsys):
-    from lab import runs
     from lab.config import TrainConfig
     from lab.training import train
 
@@ -389,7 +389,6 @@ def test_eval_with_calibration_reports_the_ece_before_and_after_the_checkpoints_
 
 
 def test_calibrate_writes_a_calibrated_copy_and_leaves_the_run_as_it_was(tmp_path, capsys):
-    from lab import runs
     from lab.config import TrainConfig
     from lab.training import train
 

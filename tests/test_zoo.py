@@ -242,3 +242,11 @@ def test_the_shipped_zoo_is_whole_and_within_its_size_caps(monkeypatch):
         config, _ = runs.load_model(f"zoo:{path.stem}")
         assert manifest["step"] > 0 and config.algorithm == zoo.recipe(path.stem).config.algorithm
         assert '": "/' not in json.dumps(manifest)  # no absolute path of the machine that trained it
+
+
+def test_default_names_the_zoo_drawing_model_once_it_is_shipped_and_the_assets_model_before(tiny_zoo):
+    assert runs.resolve_source("default") == runs.DEFAULT_MODEL
+    drawing = zoo.model_path(runs.DRAWING_MODEL)
+    drawing.parent.mkdir(parents=True, exist_ok=True)
+    drawing.write_bytes(runs.DEFAULT_MODEL.read_bytes())
+    assert runs.resolve_source("default") == drawing
