@@ -73,12 +73,13 @@ def cmd_compare(args) -> int:
         return _compare_on_source(args, config_a, model_a, model_b, device)
     dataset_name = args.dataset or config_a.dataset
     same = dataset_name == config_a.dataset
-    datasets = [load_dataset(dataset_name, args.data_dir or (config_a.data_dir if same else None),
-                             config_a.split_scheme if same else None, c.strokes) for c in (config_a, config_b)]
+    datasets = {strokes: load_dataset(dataset_name, args.data_dir or (config_a.data_dir if same else None),
+                                      config_a.split_scheme if same else None, strokes)
+                for strokes in {config_a.strokes, config_b.strokes}}
     split = args.split or ("test" if same else "all")
-    result = compare_models(model_a, model_b, datasets[0].pool(split), args.n_way or config_a.n_way,
+    result = compare_models(model_a, model_b, datasets[config_a.strokes].pool(split), args.n_way or config_a.n_way,
                             args.k_shot or config_a.k_shot, args.n_query, args.episodes, args.seed, device,
-                            pool_b=datasets[1].pool(split))
+                            pool_b=datasets[config_b.strokes].pool(split))
     result.update(run_a=str(args.run_a), run_b=str(args.run_b), dataset=dataset_name, split=split)
     if args.json:
         print_json(result)
