@@ -257,13 +257,31 @@ def calibrate(source, *, episodes: int = CALIBRATION_EPISODES, n_way: int = CALI
     return result
 
 
+def ece_interval(probs, labels, per_episode: int, resamples: int = 200, seed: int = 0) -> float:
+    """Half-width of the 95% interval of :func:`expected_calibration_error`, by resampling whole episodes
+    (``per_episode`` consecutive queries each) with replacement: the 2.5th to 97.5th percentile, halved."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    n = len(probs) // per_episode
+    if n < 2 or n * per_episode != len(probs):
+        raise ValueError(f"{len(probs)} queries are not whole episodes of {per_episode}")
+    rng = np.random.default_rng(seed)
+    starts = np.arange(n) * per_episode
+    values = []
+    for _ in range(resamples):
+        rows = (rng.choice(starts, n)[:, None] + np.arange(per_episode)).ravel()
+        values.append(expected_calibration_error(probs[rows], labels[rows]))
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float((high - low) / 2)
+
+
 def evaluate_calibration(source, *, dataset: str | None = None, data_dir=None, split: str | None = None,
                          n_way: int | None = None, k_shot: int | None = None, n_query: int = 15,
                          episodes: int = 1000, seed: int = 0, device: str = "auto",
                          val_episodes: int = CALIBRATION_EPISODES) -> dict:
-    """ECE (15 bins) and NLL on the test episodes :func:`lab.evaluation.evaluate_run` draws with the same
-    arguments, before and after calibration. The temperature is the checkpoint's when it holds one,
-    else one fitted on ``val_episodes`` episodes of the run's validation split of the same shape."""
+    """ECE (15 bins, with the 95% interval of the calibrated one) and NLL on the test episodes
+    :func:`lab.evaluation.evaluate_run` draws with the same arguments, before and after calibration. The
+    temperature is the checkpoint's when it holds one, else one fitted on ``val_episodes`` episodes of the
+    run's validation split of the same shape."""
     path = checkpoint_file(source)
     torch_device = pick_device(device)
     config, model = runs.load_model(path, device=torch_device)
@@ -278,11 +296,14 @@ def evaluate_calibration(source, *, dataset: str | None = None, data_dir=None, s
         own_data = data_dir if dataset in (None, config.dataset) else None  # data_dir names the test dataset's
         fit = fit_on_validation(model, config, n_way, k_shot, n_query, val_episodes, seed, torch_device, own_data)
         temperature, fitted = fit["temperature"], {"source": "validation", **fit["fitted_on"]}
+    after = torch.softmax(logits / temperature, -1).numpy()
     return {
         "temperature": temperature,
         "temperature_from": fitted,
+        "accuracy": float((logits.argmax(-1) == labels).double().mean()),
         "ece_before": expected_calibration_error(torch.softmax(logits, -1).numpy(), labels.numpy()),
-        "ece_after": expected_calibration_error(torch.softmax(logits / temperature, -1).numpy(), labels.numpy()),
+        "ece_after": expected_calibration_error(after, labels.numpy()),
+        "ece_after_ci95": ece_interval(after, labels.numpy(), n_way * n_query) if episodes > 1 else None,
         "nll_before": nll(logits, labels),
         "nll_after": nll(logits, labels, temperature),
         "ece_bins": ECE_BINS,

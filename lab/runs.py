@@ -304,6 +304,7 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, which: str =
         "best_val": checkpoint.get("best_val"),
         "exported_from": path.parent.name + "/" + path.name,
     }
+    payload |= {k: checkpoint[k] for k in ("temperature", "doubt", "calibration") if k in checkpoint}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

@@ -31,9 +31,12 @@ from lab.training import check_config, train as train_run
 RECIPES_FILE = Path(__file__).with_name("recipes.json")
 TASKS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 TRANSFER = {"mnist:10w1s": ("mnist", 10, 1), "mnist:10w5s": ("mnist", 10, 5)}  # all of another dataset's classes
+# The expected calibration error (15 bins) of those queries, at the temperature the model ships with.
+CALIBRATION_TASKS = {"mnist:10w5s ece": ("mnist", 10, 5)}
 # beats_sgd: learned-opt against plain SGD from the same weights; beats_global: cluster experts against their
 # global model on the mixed source; cluster_ari: the global model's task clusters against the true sources.
-FLOOR_KINDS = (*TASKS, *TRANSFER, "lake_error", "beats_sgd", "beats_global", "cluster_ari")
+FLOOR_KINDS = (*TASKS, *TRANSFER, *CALIBRATION_TASKS, "lake_error", "beats_sgd", "beats_global", "cluster_ari")
+LOWER_IS_BETTER = ("lake_error", *CALIBRATION_TASKS)
 MAX_MODEL_BYTES = 2 * 2**20
 MAX_ZOO_BYTES = 20 * 2**20
 # Fields a run may change without leaving its recipe: the budget, where it runs, what it starts from.
@@ -66,8 +69,9 @@ def recipes() -> dict[str, Recipe]:
         if unknown:
             raise ValueError(f"recipe {name}: unknown floor(s) {', '.join(sorted(unknown))}")
         tasks = tuple(entry.get("tasks", TASKS))
-        if set(tasks) - set(TASKS) - set(TRANSFER):
-            raise ValueError(f"recipe {name}: unknown task(s) {', '.join(sorted(set(tasks) - set(TASKS) - set(TRANSFER)))}")
+        unknown = set(tasks) - set(TASKS) - set(TRANSFER) - set(CALIBRATION_TASKS)
+        if unknown:
+            raise ValueError(f"recipe {name}: unknown task(s) {', '.join(sorted(unknown))}")
         out[name] = Recipe(name, entry["summary"], entry.get("paper", ""), TrainConfig(**entry["config"]),
                            entry.get("published", {}), entry.get("floors", {}), tasks)
     return out
@@ -200,6 +204,7 @@ def ship(name: str, run_dir) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.new")
     exported = runs.export_model(run_dir, tmp)
+    calibration = _calibrate(tmp, config)
     others = sum(p.stat().st_size for p in out.parent.glob("*.pt") if p != out)
     if exported["bytes"] > MAX_MODEL_BYTES or others + exported["bytes"] > MAX_ZOO_BYTES:
         tmp.unlink()
@@ -214,11 +219,27 @@ def ship(name: str, run_dir) -> dict:
         "name": name, "recipe": rec.summary, "paper": rec.paper, "config": exported["config"],
         "step": exported["step"], "trained_steps": status.get("step"), "recipe_steps": rec.config.steps,
         "val_accuracy": exported["best_val"], "wall_time_s": round(sum(s["wall_s"] for s in sittings), 1),
-        "sittings": sittings, "bytes": out.stat().st_size, "sha256": sha256(out),
+        "sittings": sittings, "calibration": calibration, "bytes": out.stat().st_size, "sha256": sha256(out),
         "measured": previous.get("measured", {}) if previous.get("step") == exported["step"] else {},
     }
     runs.write_json(manifest_path(name), manifest)
     return manifest
+
+
+def _calibrate(path: Path, config: TrainConfig) -> dict:
+    """Fit the temperature and doubt rule of the checkpoint at ``path`` on its recipe's own validation split
+    (:func:`lab.calibration.fit_on_validation`: 10-way 5-shot episodes, fewer ways where the split has
+    fewer classes) and write them into it. Returns how they were fitted, for the manifest; a split too
+    small to fit on leaves the checkpoint at T = 1 and says why."""
+    from lab.calibration import fit_on_validation, write_calibration
+
+    _, model = runs.load_model(path)
+    try:
+        result = fit_on_validation(model, config)
+    except ValueError as err:
+        return {"temperature": 1.0, "not_fitted": str(err)}
+    write_calibration(path, result)
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items() if k != "doubt"}
 
 
 def _validation_curve(run_dir: Path) -> list[list[float]]:

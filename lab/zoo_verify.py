@@ -8,6 +8,7 @@ import time
 
 from lab import runs
 from lab.algorithms.inner import sgd
+from lab.calibration import evaluate_calibration
 from lab.clustering import cluster_report
 from lab.data import load_dataset
 from lab.device import pick_device
@@ -15,7 +16,8 @@ from lab.episodes import episode_stream
 from lab.evaluation import episode_accuracies, meta_test, paired_comparison
 from lab.experts import compare_on_source
 from lab.lake import lake_error
-from lab.zoo import TASKS, TRANSFER, check_model, machine, manifest_path, model_path, read_manifest, recipe, recipes
+from lab.zoo import (CALIBRATION_TASKS, LOWER_IS_BETTER, TASKS, TRANSFER, check_model, machine, manifest_path,
+                     model_path, read_manifest, recipe, recipes)
 
 
 class _WithSGD:
@@ -70,6 +72,13 @@ def verify_model(name: str, episodes: int = 1000, device: str = "auto", lake_run
         rows.append(_row(name, "lake_error", 100 * result["error"], 100 * result["ci95"], rec.floors["lake_error"],
                          rec.published.get("lake_error"), higher_is_better=False, episodes=lake_runs))
     for task in rec.tasks:
+        if task in CALIBRATION_TASKS:
+            dataset, n_way, k_shot = CALIBRATION_TASKS[task]
+            result = evaluate_calibration(model_path(name), dataset=dataset, n_way=n_way, k_shot=k_shot,
+                                          episodes=episodes, seed=0, device=device)
+            rows.append(_row(name, task, result["ece_after"], result["ece_after_ci95"], rec.floors.get(task), None,
+                             higher_is_better=False, episodes=episodes, temperature=result["temperature"]))
+            continue
         if task in TRANSFER:
             dataset, n_way, k_shot = TRANSFER[task]
             task_pool = load_dataset(dataset, strokes=config.strokes).pool("all")
@@ -84,20 +93,21 @@ def verify_model(name: str, episodes: int = 1000, device: str = "auto", lake_run
                                  episode_accuracies(_WithSGD(model), stream, torch_device))
         rows.append(_paired_row(name, SGD_TASK, 100 * pair["difference"], 100 * pair["difference_ci95"], episodes))
     if config.algorithm == "clustered":
-        rows.extend(_cluster_rows(name, model, rec, episodes, torch_device))
-    keep = ("value", "ci95", "episodes", "suggested_k", "k")
+        rows.extend(_cluster_rows(name, model, rec, episodes, torch_device, config.strokes))
+    keep = ("value", "ci95", "episodes", "suggested_k", "k", "temperature")
     manifest["measured"] = {r["task"]: {k: r[k] for k in keep if k in r} for r in rows}
     manifest["measured_on"] = machine()
     manifest["measured_at"] = time.strftime("%Y-%m-%d")
     return rows, manifest
 
 
-def _cluster_rows(name: str, model, rec, episodes: int, device) -> list[dict]:
+def _cluster_rows(name: str, model, rec, episodes: int, device, strokes: str) -> list[dict]:
     """Cluster experts against their own global model on the mixed source's test tasks (paired), and
     the clusters that global model finds there (K suggested, not given)."""
     hp = model.hparams
-    pair = compare_on_source(model, model.base, hp.source, 5, 1, 15, episodes, seed=0, device=device)
-    report = cluster_report(model.base, hp.source, MIXED_TASKS, None, hp.embedding, seed=0)
+    pair = compare_on_source(model, model.base, hp.source, 5, 1, 15, episodes, seed=0, device=device,
+                             strokes=strokes)
+    report = cluster_report(model.base, hp.source, MIXED_TASKS, None, hp.embedding, seed=0, strokes=strokes)
     return [_paired_row(name, GLOBAL_TASK, 100 * pair["difference"], 100 * pair["difference_ci95"], episodes),
             _ari_row(name, report["ari"], report["suggested_k"], hp.k, rec.floors["cluster_ari"], MIXED_TASKS)]
 
@@ -142,7 +152,8 @@ def recorded_rows(names=None) -> list[dict]:
                                      m["episodes"]))
             else:
                 rows.append(_row(name, task, m["value"], m["ci95"], rec.floors.get(task), rec.published.get(task),
-                                 higher_is_better=task != "lake_error", episodes=m["episodes"]))
+                                 higher_is_better=task not in LOWER_IS_BETTER, episodes=m["episodes"],
+                                 **{k: m[k] for k in ("temperature",) if k in m}))
     return rows
 
 
@@ -157,10 +168,12 @@ def markdown_table(rows: list[dict]) -> str:
             value = missing
         elif r["task"] in (ARI_TASK, "cluster_ari"):
             value = f"{r['value']:.3f} at suggested K = {r['suggested_k']}"
+        elif r["task"] in CALIBRATION_TASKS:
+            value = f"{r['value']:.3f} ± {r['ci95']:.3f}"
         else:
             value = f"{r['value']:.2f} ± {r['ci95']:.2f}"
         mark = "" if r["passed"] is None else (" ✓" if r["passed"] else " ✗")
-        floor = "–" if r["floor"] is None else (f"≤ {r['floor']}" if r["task"] == "lake_error" else f"≥ {r['floor']}")
+        floor = "–" if r["floor"] is None else (f"≤ {r['floor']}" if r["task"] in LOWER_IS_BETTER else f"≥ {r['floor']}")
         if r["task"] in (SGD_TASK, "beats_sgd"):
             floor = "> 0 (plain SGD), paired"
         elif r["task"] in (GLOBAL_TASK, "beats_global"):

@@ -7,8 +7,8 @@ import torch
 
 from lab import runs
 from lab.calibration import (
-    Doubt, calibrate, episode_logits, expected_calibration_error, fit_doubt, fit_temperature, nll, read_calibration,
-    write_calibration,
+    Doubt, calibrate, ece_interval, episode_logits, expected_calibration_error, fit_doubt, fit_temperature, nll,
+    read_calibration, write_calibration,
 )
 from lab.episodes import episode_stream
 from lab.predict import DEFAULT_MODEL, Predictor, digit_support, load_digit_bank, load_model, load_predictor
@@ -43,6 +43,18 @@ def test_the_ece_weighs_each_bin_by_its_share_of_the_queries():
     probs = np.concatenate([calibrated, over])
     labels = np.concatenate([np.tile([0, 1], 150), np.ones(100, dtype=int)])
     assert expected_calibration_error(probs, labels) == pytest.approx(0.95 * 100 / 400)
+
+
+def test_the_interval_of_the_ece_resamples_whole_episodes():
+    probs, labels = calibrated_toy(per_bin=10)  # 40 queries: one episode
+    same = ece_interval(np.tile(probs, (30, 1)), np.tile(labels, 30), per_episode=len(labels))
+    assert same == pytest.approx(0.0, abs=1e-12)  # thirty identical episodes: every resample is the same
+    rng = np.random.default_rng(0)
+    noisy = lambda n: (np.tile(probs, (n, 1)), rng.integers(0, 4, len(labels) * n))  # noqa: E731
+    few, many = ece_interval(*noisy(10), per_episode=len(labels)), ece_interval(*noisy(160), per_episode=len(labels))
+    assert 0 < many < few  # sixteen times the episodes: about a quarter of the width
+    with pytest.raises(ValueError, match="whole episodes"):
+        ece_interval(probs[:-1], labels[:-1], per_episode=len(labels))
 
 
 def test_bad_shapes_are_refused_with_a_clear_line():

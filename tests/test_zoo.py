@@ -174,6 +174,24 @@ def test_verify_fails_a_row_under_its_floor_and_a_recipe_that_is_not_shipped(tin
     assert "| tiny | 5w1s | 99.0 |" in zoo_verify.markdown_table(rows)
 
 
+def test_a_shipped_model_holds_its_temperature_and_verify_measures_its_calibration(tiny_zoo, mnist):
+    calibrated = {**TINY, "tasks": ["mnist:10w5s ece"], "floors": {"mnist:10w5s ece": 0.0}}
+    (tiny_zoo / "recipes.json").write_text(json.dumps({"tiny": calibrated}))
+    list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=3))
+    checkpoint = runs.load_checkpoint(zoo.model_path("tiny"))
+    fitted = zoo.read_manifest("tiny")["calibration"]
+    assert checkpoint["temperature"] == pytest.approx(fitted["temperature"], rel=1e-3) and checkpoint["doubt"]
+    assert fitted["fitted_on"]["split"] == "val" and fitted["fitted_on"]["n_way"] == 8  # all 8 validation classes
+    assert fitted["nll_after"] <= fitted["nll_before"] + 1e-4
+    [row] = zoo_verify.verify(["tiny"], episodes=20, record=True)
+    assert row["task"] == "mnist:10w5s ece" and 0 < row["value"] < 1 and row["ci95"] > 0
+    assert row["temperature"] == pytest.approx(checkpoint["temperature"])  # the temperature it ships with
+    assert row["passed"] is False  # an ECE of exactly 0 is out of reach: lower is better, and judged so
+    assert zoo_verify.recorded_rows(["tiny"]) == [row]
+    line = f"| tiny | mnist:10w5s ece | – | {row['value']:.3f} ± {row['ci95']:.3f} ✗ | ≤ 0.0 |"
+    assert line in zoo_verify.markdown_table([row])
+
+
 def test_shipping_a_run_of_another_recipe_is_refused(tiny_zoo):
     config = zoo.recipe("tiny").config.replace(meta_lr=0.01)
     run_dir = runs.create_run(tiny_zoo / "runs", config, "other")

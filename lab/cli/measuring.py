@@ -36,7 +36,8 @@ def cmd_eval(args) -> int:
             print(f"  {group}: {100 * part['accuracy']:.2f}% over {part['episodes']} episodes")
         if "calibration" in result:
             c = result["calibration"]
-            print(f"  ECE ({c['ece_bins']} bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f} with T = "
+            interval = f" ± {c['ece_after_ci95']:.4f}" if c.get("ece_after_ci95") is not None else ""
+            print(f"  ECE ({c['ece_bins']} bins) {c['ece_before']:.4f} -> {c['ece_after']:.4f}{interval} with T = "
                   f"{c['temperature']:.3f} ({c['temperature_from']['source']})")
     return 0
 
@@ -70,7 +71,7 @@ def cmd_compare(args) -> int:
     config_a, model_a = runs.load_model(resolve_model(args.run_a), device=device)
     config_b, model_b = runs.load_model(resolve_model(args.run_b), device=device)
     if args.source:
-        return _compare_on_source(args, config_a, model_a, model_b, device)
+        return _compare_on_source(args, config_a, config_b, model_a, model_b, device)
     dataset_name = args.dataset or config_a.dataset
     same = dataset_name == config_a.dataset
     datasets = {strokes: load_dataset(dataset_name, args.data_dir or (config_a.data_dir if same else None),
@@ -90,12 +91,12 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _compare_on_source(args, config_a, model_a, model_b, device) -> int:
+def _compare_on_source(args, config_a, config_b, model_a, model_b, device) -> int:
     from lab.experts import compare_on_source
 
     result = compare_on_source(model_a, model_b, args.source, args.n_way or config_a.n_way,
                                args.k_shot or config_a.k_shot, args.n_query, args.episodes, args.seed, device,
-                               args.data_dir, args.folder)
+                               args.data_dir, args.folder, strokes=config_a.strokes, strokes_b=config_b.strokes)
     result.update(run_a=str(args.run_a), run_b=str(args.run_b))
     if args.json:
         print_json(result)
@@ -113,9 +114,9 @@ def cmd_cluster(args) -> int:
     from lab.clustering import cluster_report
     from lab.device import pick_device
 
-    _, model = runs.load_model(args.run, device=pick_device(args.device))
+    config, model = runs.load_model(args.run, device=pick_device(args.device))
     out = cluster_report(model, args.source, args.tasks, args.k, args.embedding, args.n_way, args.k_shot, args.split,
-                         args.seed, args.data_dir, args.folder, args.max_k)
+                         args.seed, args.data_dir, args.folder, args.max_k, config.strokes)
     out["run"] = str(args.run)
     if args.json:
         print_json(out)

@@ -47,7 +47,8 @@ def cmd_zoo(args) -> int:
         if not args.name or not args.run:
             raise ValueError("zoo ship needs a recipe name and --run RUN_DIR")
         m = zoo.ship(args.name, args.run)
-        print(f"shipped zoo:{args.name}: step {m['step']}, {m['bytes']:,} bytes", file=sys.stderr)
+        print(f"shipped zoo:{args.name}: step {m['step']}, T = {m['calibration']['temperature']:.3f}, "
+              f"{m['bytes']:,} bytes", file=sys.stderr)
         return 0
     if args.action == "table":  # what the last verify --record measured, without measuring again
         rows = zoo_verify.recorded_rows([args.name] if args.name else None)
