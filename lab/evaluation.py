@@ -129,7 +129,7 @@ def evaluate_run(run, *, dataset: str | None = None, data_dir: str | None = None
     n_way, k_shot = n_way or config.n_way, k_shot or config.k_shot
     if source:
         result = _meta_test_on_source(model, source, split or "test", data_dir, folder, n_way, k_shot, n_query,
-                                      episodes, seed, torch_device, progress)
+                                      episodes, seed, torch_device, progress, config.strokes)
     else:
         name, split, pool = meta_test_pool(config, dataset, data_dir, split)
         result = meta_test(model, pool, n_way, k_shot, n_query, episodes, seed, torch_device, progress)
@@ -142,10 +142,11 @@ def evaluate_run(run, *, dataset: str | None = None, data_dir: str | None = None
 
 
 def _meta_test_on_source(model, source: str, split: str, data_dir, folder, n_way: int, k_shot: int, n_query: int,
-                         episodes: int, seed: int, device, progress: Progress | None = None) -> dict:
+                         episodes: int, seed: int, device, progress: Progress | None = None,
+                         strokes: str = "as-drawn") -> dict:
     """:func:`meta_test` on the tasks of a task source, with the accuracy of each true group."""
 
-    tasks = load_source(source, split, data_dir, folder).sample(episodes, n_way, k_shot, n_query, seed)
+    tasks = load_source(source, split, data_dir, folder, strokes).sample(episodes, n_way, k_shot, n_query, seed)
     accs = episode_accuracies(model, tasks.episodes, device, progress)
     accuracy, ci95 = mean_ci95(accs)
     groups = np.array(tasks.groups)

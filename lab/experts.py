@@ -24,12 +24,18 @@ from lab.sitting import Sitting, check_finite
 
 def compare_on_source(model_a, model_b, source: str, n_way: int, k_shot: int, n_query: int = 15,
                       episodes: int = 1000, seed: int = 0, device="cpu", data_dir: str | None = None,
-                      folder: str | None = None, split: str = "test") -> dict:
-    """Both models on the same ``episodes`` test tasks of ``source``, compared pairwise, overall and per true group."""
+                      folder: str | None = None, split: str = "test", strokes: str = "as-drawn",
+                      strokes_b: str | None = None) -> dict:
+    """Both models on the same ``episodes`` test tasks of ``source``, compared pairwise, overall and per true
+    group; each meets the images in its own ``strokes`` (``strokes_b``: B's, when not A's)."""
 
-    tasks = load_source(source, split, data_dir, folder).sample(episodes, n_way, k_shot, n_query, seed)
+    def draw(images: str):  # the same seed draws the same tasks in either images
+        return load_source(source, split, data_dir, folder, images).sample(episodes, n_way, k_shot, n_query, seed)
+
+    tasks = draw(strokes)
+    tasks_b = tasks if strokes_b in (None, strokes) else draw(strokes_b)
     accs_a = episode_accuracies(model_a, tasks.episodes, device)
-    accs_b = episode_accuracies(model_b, tasks.episodes, device)
+    accs_b = episode_accuracies(model_b, tasks_b.episodes, device)
     out = paired_comparison(accs_a, accs_b)
     out.update(n_way=n_way, k_shot=k_shot, n_query=n_query, seed=seed, source=source, split=split, by_group={})
     groups = np.array(tasks.groups)
@@ -118,9 +124,9 @@ def _fine_tune(config, sitting: Sitting) -> Iterator[dict]:
     elapsed = lambda: time.perf_counter() - start  # noqa: E731
     sitting.status(None, step=0, device=describe_device(device)["name"], error=None)
     _, base = runs.load_model(hp.base, device=device)
-    tasks = load_source(hp.source, "train", data_root, hp.folder).sample(
+    tasks = load_source(hp.source, "train", data_root, hp.folder, config.strokes).sample(
         hp.tasks, config.n_way, config.k_shot, config.n_query, config.seed)
-    val_tasks = load_source(hp.source, "val", data_root, hp.folder).sample(
+    val_tasks = load_source(hp.source, "val", data_root, hp.folder, config.strokes).sample(
         config.val_episodes, config.n_way, config.k_shot, config.n_query, config.seed + 1)
     model = build(config).to(device)
     for net in (model.base, *model.experts):

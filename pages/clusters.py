@@ -27,9 +27,15 @@ def model_of(path: str, stamp: float):
     return untrained_model() if path == UNTRAINED else runs.load_model(path)[1]
 
 
+@st.cache_resource(show_spinner=False)
+def strokes_of(path: str, stamp: float) -> str:
+    """The images a model meets: as drawn, or redrawn as it was trained on them."""
+    return "as-drawn" if path == UNTRAINED else runs.load_model(path)[0].strokes
+
+
 @st.cache_resource(show_spinner="Loading the images of the task source…")
-def tasks_of(source: str, n_tasks: int, folder: str | None = None):
-    task_source = load_source(source, "test", folder=folder)
+def tasks_of(source: str, n_tasks: int, folder: str | None = None, strokes: str = "as-drawn"):
+    task_source = load_source(source, "test", folder=folder, strokes=strokes)
     return task_source, task_source.sample(n_tasks, N_WAY, K_SHOT, N_QUERY, SEED)
 
 
@@ -37,7 +43,7 @@ def tasks_of(source: str, n_tasks: int, folder: str | None = None):
 # and a bar that it both draws and removes replays as nothing.
 @st.cache_data(show_spinner=False, max_entries=16)
 def embedded(path: str, stamp: float, source: str, n_tasks: int, embedding: str, folder: str | None = None):
-    tasks = tasks_of(source, n_tasks, folder)[1]
+    tasks = tasks_of(source, n_tasks, folder, strokes_of(path, stamp))[1]
     with progress_bar(f"Embedding the tasks ({embedding})", "tasks") as progress:
         raw = embed_tasks(model_of(path, stamp), tasks, embedding, progress=progress)
     return fit_feature_map(raw, embedding, SEED)(raw)
@@ -62,7 +68,8 @@ def projected(features: np.ndarray, method: str, dims: int) -> np.ndarray:
 @st.cache_data(show_spinner=False, max_entries=8)
 def accuracies(path: str, stamp: float, source: str, n_tasks: int, folder: str | None = None) -> np.ndarray:
     with progress_bar(f"Measuring {Path(path).name} on these tasks", "tasks") as progress:
-        return episode_accuracies(model_of(path, stamp), tasks_of(source, n_tasks, folder)[1].episodes,
+        tasks = tasks_of(source, n_tasks, folder, strokes_of(path, stamp))[1]
+        return episode_accuracies(model_of(path, stamp), tasks.episodes,
                                   progress=progress)
 
 
@@ -113,14 +120,15 @@ path = UNTRAINED if choice == UNTRAINED else next(r["path"] for r in bases if r[
 if path == UNTRAINED:
     st.info("No trained run is selected, so an **untrained** encoder (random weights) embeds the tasks. "
             "Meta-train a run on the Train page or with `python -m lab train` for meaningful clusters.")
+strokes = strokes_of(path, stamp_of(path))
 if folder:
     try:
-        tasks_of(source, n_tasks, folder)
+        tasks_of(source, n_tasks, folder, strokes)
     except (ValueError, DatasetUnavailable) as err:
         st.error(f"The image folder is left out: {err}")
         folder = None
 try:
-    task_source, tasks = tasks_of(source, n_tasks, folder)
+    task_source, tasks = tasks_of(source, n_tasks, folder, strokes)
     features = embedded(path, stamp_of(path), source, n_tasks, embedding, folder)
 except (ValueError, DatasetUnavailable) as err:
     st.error(f"These tasks cannot be made: {err}")

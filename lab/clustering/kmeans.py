@@ -166,13 +166,13 @@ def analyse(raw: np.ndarray, groups: list[str], k: int, embedding: str, seed: in
 
 def cluster_report(model, source: str, n_tasks: int = 500, k: int | None = None, embedding: str = "representation",
                    n_way: int = 5, k_shot: int = 1, split: str = "test", seed: int = 0, data_dir: str | None = None,
-                   folder: str | None = None, max_k: int = 20) -> dict:
+                   folder: str | None = None, max_k: int = 20, strokes: str = "as-drawn") -> dict:
     """Embed ``n_tasks`` tasks of ``source``, K-means them, and score the clusters against the true groups.
 
     Without ``k`` the elbow and silhouette curves over K = 1..``max_k`` are computed and the
     K that :func:`suggest_k` draws from them is used. JSON-ready (``python -m lab cluster``).
     """
-    tasks = load_source(source, split, data_dir, folder).sample(n_tasks, n_way, k_shot, 0, seed)
+    tasks = load_source(source, split, data_dir, folder, strokes).sample(n_tasks, n_way, k_shot, 0, seed)
     raw = embed_tasks(model, tasks, embedding)
     features = fit_feature_map(raw, embedding, seed)(raw)
     out = {"source": source, "split": split, "embedding": embedding, "tasks": n_tasks, "n_way": n_way,

@@ -18,6 +18,7 @@ from lab.data import ClassPool, DatasetUnavailable, load_dataset
 from lab.episodes import Episode, sample_episode
 
 SOURCES = ("within-alphabet", "mixed")
+MIXED = ("omniglot", "mnist", "digits")  # the datasets of the mixed source, each its own true group
 FOLDER_SPLIT_MIN_CLASSES = 5
 
 @dataclass
@@ -82,9 +83,9 @@ class TaskSource:
 
 
 @lru_cache(maxsize=8)
-def _load(name: str, data_dir: str | None, scheme: str | None):
+def _load(name: str, data_dir: str | None, scheme: str | None, strokes: str = "as-drawn"):
     """A dataset kept in memory for this process: sources are drawn from again and again."""
-    return load_dataset(name, data_dir, scheme)
+    return load_dataset(name, data_dir, scheme, strokes)
 
 
 def _sub_pool(pool: ClassPool, keep: np.ndarray, name: str) -> ClassPool:
@@ -92,33 +93,36 @@ def _sub_pool(pool: ClassPool, keep: np.ndarray, name: str) -> ClassPool:
                      tuple(pool.class_names[i] for i in keep), tuple(pool.class_groups[i] for i in keep))
 
 
-def load_source(name: str, split: str = "test", data_dir: str | None = None, folder: str | None = None) -> TaskSource:
+def load_source(name: str, split: str = "test", data_dir: str | None = None, folder: str | None = None,
+                strokes: str = "as-drawn") -> TaskSource:
     """The task source ``name`` over the classes of ``split`` ('train', 'val' or 'test').
 
     ``within-alphabet`` uses Omniglot's 'background' scheme (the test split is the 20 evaluation
     alphabets); ``mixed`` uses each dataset's default scheme, so its test tasks hold classes
     that a model meta-trained on the train split never saw. A dataset that is not on disk is
-    left out of ``mixed`` (and named in ``skipped``); ``folder`` adds a folder of images.
+    left out of ``mixed`` (and named in ``skipped``); ``folder`` adds a folder of images. ``strokes``:
+    the images as drawn, or redrawn as the model that meets them was trained on (:mod:`lab.data`); the
+    same seed draws the same tasks either way.
     """
     if name not in SOURCES:
         raise ValueError(f"source: unknown {name!r}; choose one of {', '.join(SOURCES)}")
     if split not in ("train", "val", "test"):
         raise ValueError(f"split: must be 'train', 'val' or 'test', not {split!r}")
     if name == "within-alphabet":
-        pool = _load("omniglot", data_dir, "background").pool(split)
+        pool = _load("omniglot", data_dir, "background", strokes).pool(split)
         alphabets = sorted(set(pool.class_groups))
         groups = np.array(pool.class_groups)
         pools = tuple(_sub_pool(pool, np.flatnonzero(groups == a), f"omniglot:{a}") for a in alphabets)
         return TaskSource(name, pools, tuple(alphabets))
     pools, groups, skipped = [], [], []
-    for dataset in ("omniglot", "mnist", "digits"):
+    for dataset in MIXED:
         try:
-            pools.append(_load(dataset, data_dir, "background" if dataset == "omniglot" else None).pool(split))
+            pools.append(_load(dataset, data_dir, "background" if dataset == "omniglot" else None, strokes).pool(split))
             groups.append(dataset)
         except DatasetUnavailable:
             skipped.append(dataset)
     if folder:
-        images = load_dataset("folder", folder)
+        images = load_dataset("folder", folder, strokes=strokes)
         own = images.pool(split)
         # A folder too small to make 5-way tasks from its share of classes lends all of them to every split.
         pools.append(own if len(own) >= FOLDER_SPLIT_MIN_CLASSES else images.pool("all"))
