@@ -92,14 +92,20 @@ class FewShotDataset:
     def n_labels(self) -> int:
         return len(self.label_names)
 
-    def pool(self, split: str) -> ClassPool:
-        """The classes of ``split`` ('train', 'val', 'test' or 'all') as a :class:`ClassPool`."""
+    def pool(self, split: str, turned: bool = False) -> ClassPool:
+        """The classes of ``split`` ('train', 'val', 'test' or 'all') as a :class:`ClassPool`.
+
+        ``turned``: each label of the split at all four quarter turns, each turn a class of its own
+        (a split that has them already keeps them once)."""
         if split == "all":
             classes = np.stack([np.arange(self.n_labels), np.zeros(self.n_labels, dtype=np.int64)], 1)
         elif split in self.splits:
             classes = self.splits[split]
         else:
             raise ValueError(f"{self.name} has no split {split!r}; it has {', '.join([*self.splits, 'all'])}")
+        if turned:
+            labels = np.unique(classes[:, 0])
+            classes = np.stack([np.repeat(labels, 4), np.tile(np.arange(4), len(labels))], 1).astype(np.int64)
         order = np.argsort(self.labels, kind="stable")
         bounds = np.searchsorted(self.labels[order], np.arange(self.n_labels + 1))
         by_label = [order[bounds[i] : bounds[i + 1]] for i in range(self.n_labels)]

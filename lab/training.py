@@ -30,7 +30,7 @@ from lab.sitting import Sitting, check_finite
 
 def _pools(config: TrainConfig):
     dataset = load_dataset(config.dataset, config.data_dir, config.split_scheme, config.strokes)
-    train_pool, val_pool = dataset.pool("train"), dataset.pool("val")
+    train_pool, val_pool = dataset.pool("train", turned=config.turned_classes), dataset.pool("val")
     check_request(train_pool, config.way_for_training, config.k_shot, config.n_query)
     check_request(val_pool, config.n_way, config.k_shot, config.n_query)
     return train_pool, val_pool

@@ -148,7 +148,7 @@ def recipe_config(name: str, device: str = "auto", steps: int | None = None) -> 
     ``init_from`` (a model it fine-tunes, whose weights and step count it continues). Cluster experts
     start from their base each time: they fine-tune in minutes."""
     rec = recipe(name)
-    warm = read_manifest(name) and rec.config.algorithm != "clustered"
+    warm = _shipped_of_recipe(rec) and rec.config.algorithm != "clustered"
     return rec.config.replace(device=device, steps=steps or rec.config.steps,
                               init_from=f"{runs.ZOO_PREFIX}{name}" if warm else rec.config.init_from)
 
@@ -175,14 +175,28 @@ def _start_step(config: TrainConfig) -> int:
     return int(runs.load_checkpoint(runs.resolve_source(config.init_from)).get("step") or 0)
 
 
-def _check_fits(rec: Recipe, config: TrainConfig) -> None:
+def _differences(rec: Recipe, config: TrainConfig) -> list[str]:
     def settled(c: TrainConfig) -> dict:  # no split scheme is the dataset's default one
         return c.to_dict() | {"split_scheme": c.split_scheme or SPLIT_SCHEMES[c.dataset][0]}
 
     mine, theirs = settled(rec.config), settled(config)
-    differ = [k for k in mine if k not in FREE_FIELDS and mine[k] != theirs.get(k)]
+    return [k for k in mine if k not in FREE_FIELDS and mine[k] != theirs.get(k)]
+
+
+def _check_fits(rec: Recipe, config: TrainConfig) -> None:
+    differ = _differences(rec, config)
     if differ:
         raise ValueError(f"that run is not recipe {rec.name}'s: it differs in {', '.join(differ)}")
+
+
+def _shipped_of_recipe(rec: Recipe) -> dict:
+    """The shipped manifest of ``rec`` if its model was trained by the recipe as it stands, else ``{}``:
+    a recipe that changed starts again from its own start, and its old sittings leave the manifest."""
+    m = read_manifest(rec.name) or {}
+    try:
+        return m if m and not _differences(rec, TrainConfig.from_dict(m.get("config") or {})) else {}
+    except ValueError:
+        return {}
 
 
 def ship(name: str, run_dir) -> dict:
@@ -190,7 +204,7 @@ def ship(name: str, run_dir) -> dict:
     rec, run_dir = recipe(name), Path(run_dir)
     config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {})
     _check_fits(rec, config)
-    previous = read_manifest(name) or {}
+    previous = _shipped_of_recipe(rec)
     sittings = [s for s in previous.get("sittings", []) if s.get("run") != run_dir.name]
     earlier = next((s for s in previous.get("sittings", []) if s.get("run") == run_dir.name), None)
     if earlier:

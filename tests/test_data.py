@@ -48,6 +48,22 @@ def test_small1_trains_on_exactly_its_five_alphabets():
     assert alphabets == {"Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"}
 
 
+def test_turned_classes_take_each_training_character_at_four_quarter_turns_and_keep_the_others_out():
+    from tests.conftest import require
+
+    ds = load_dataset("omniglot", require("omniglot-py"), "small1")
+    plain, turned = ds.pool("train"), ds.pool("train", turned=True)
+    assert len(turned) == 4 * len(plain)
+    assert {tuple(c) for c in turned.classes} == {(int(label), t) for label, _ in plain.classes for t in range(4)}
+    i = next(i for i, (_, t) in enumerate(turned.classes) if t == 1)
+    j = next(j for j, (label, t) in enumerate(plain.classes) if label == turned.classes[i, 0])
+    assert torch.equal(turned.class_images(i), torch.rot90(plain.class_images(j), 1, dims=(2, 3)))
+    assert turned.class_names[i].endswith("/rot090")
+    # A split that has its turns already (Vinyals') keeps each once.
+    vinyals = load_dataset("omniglot", require("omniglot-py"), "vinyals")
+    assert len(vinyals.pool("train", turned=True)) == len(vinyals.pool("train"))
+
+
 def test_mnist_has_60000_plus_10000_digits(mnist):
     assert len(mnist.images) == 70_000
     assert np.bincount(mnist.labels).sum() == 70_000 and mnist.n_labels == 10

@@ -92,6 +92,19 @@ def test_a_recipe_that_fine_tunes_another_model_starts_from_its_weights_and_step
     assert zoo.recipe_config("tiny-tuned").init_from == "zoo:tiny-tuned"  # the next sitting continues its own
 
 
+def test_a_recipe_that_changed_starts_again_and_drops_the_old_recipes_sittings(tiny_zoo):
+    list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=4))
+    assert zoo.recipe_config("tiny").init_from == "zoo:tiny"
+    changed = {**TINY, "config": {**TINY["config"], "augment": True}}
+    (tiny_zoo / "recipes.json").write_text(json.dumps({"tiny": changed}))
+    assert zoo.recipe_config("tiny").init_from is None  # the shipped model is not this recipe's
+    records = list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=3))
+    assert records[0]["from_step"] == 0
+    manifest = zoo.read_manifest("tiny")
+    assert len(manifest["sittings"]) == 1 and manifest["sittings"][0]["from_step"] == 0
+    assert manifest["config"]["augment"] is True and manifest["measured"] == {}
+
+
 def test_sittings_shipped_without_their_curve_are_known_at_the_shipped_checkpoint_and_their_ends(tiny_zoo):
     zoo.manifest_path("tiny").parent.mkdir(parents=True)
     zoo.model_path("tiny").write_bytes(b"")  # a manifest counts beside its model
