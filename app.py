@@ -5,11 +5,11 @@ import streamlit as st
 st.set_page_config(page_title="Meta-Learning Lab", page_icon="🧪", layout="wide")
 
 pages = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/meta_train.py", title="Meta-Train", icon=":material/rocket_launch:"),
-    st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
-    st.Page("pages/sweeps.py", title="Sweeps", icon=":material/tune:"),
-    st.Page("pages/clusters.py", title="Task Clusters", icon=":material/bubble_chart:"),
-    st.Page("pages/draw.py", title="Draw & Predict", icon="✏️"),
+    st.Page("views/home.py", title="Home", icon="🏠", default=True),
+    st.Page("views/meta_train.py", title="Meta-Train", icon=":material/rocket_launch:"),
+    st.Page("views/runs.py", title="Runs", icon=":material/monitoring:"),
+    st.Page("views/sweeps.py", title="Sweeps", icon=":material/tune:"),
+    st.Page("views/clusters.py", title="Task Clusters", icon=":material/bubble_chart:"),
+    st.Page("views/draw.py", title="Draw & Predict", icon="✏️"),
 ]
 st.navigation(pages).run()

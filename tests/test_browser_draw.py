@@ -276,3 +276,18 @@ def test_an_animated_gif_is_read_from_its_first_frame_and_the_page_says_so(page,
     assert prediction(page) == "7"
     page.get_by_text("only the first was used").wait_for()
     page.screenshot(path=ARTIFACTS / "draw-upload-gif.png", full_page=True)
+
+
+def test_a_deep_link_opens_the_page_inside_the_labs_navigation(server, browser):
+    """A bookmarked address runs the entry point first: the sidebar names the lab's pages by title and the
+    page has the lab's wide layout, whichever page the browser opened first."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(f"{server}/draw")
+    pg.get_by_role("heading", name="Draw & Predict").wait_for()
+    nav = pg.locator("[data-testid='stSidebarNav']")
+    for title in ("Home", "Meta-Train", "Runs", "Sweeps", "Task Clusters", "Draw & Predict"):
+        assert nav.get_by_text(title, exact=True).count() == 1, title
+    assert nav.get_by_text("meta train", exact=True).count() == 0  # not the file names of a folder of scripts
+    context.close()

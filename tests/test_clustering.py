@@ -291,7 +291,7 @@ def clusters_page(runs_dir, monkeypatch, zoo_dir=None, **state) -> AppTest:
     """The page on ``runs_dir``, with the zoo of ``zoo_dir`` (default: an empty one, so the runs decide)."""
     monkeypatch.setenv("LAB_RUNS_DIR", str(runs_dir))
     monkeypatch.setenv("LAB_ZOO_DIR", str(zoo_dir or Path(runs_dir) / "no-zoo"))
-    at = AppTest.from_file(str(ROOT / "pages" / "clusters.py"), default_timeout=300)
+    at = AppTest.from_file(str(ROOT / "views" / "clusters.py"), default_timeout=300)
     at.session_state["n_tasks"] = 100
     for key, value in state.items():
         at.session_state[key] = value

@@ -14,7 +14,7 @@ from lab.taught import TaughtSet
 from lab.preprocess import preprocess_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = str(ROOT / "pages" / "draw.py")
+PAGE = str(ROOT / "views" / "draw.py")
 
 
 def png(im: Image.Image) -> bytes:

@@ -89,7 +89,7 @@ def test_relative_and_package_imports_are_read_as_the_modules_they_name(tmp_path
 
 @pytest.mark.parametrize("path", sorted(LAB.rglob("*.py")), ids=lambda p: module_name(p))
 def test_no_engine_module_imports_a_user_interface(path):
-    ui = {n for n in imported_names(path) if n.split(".")[0] in ("streamlit", "ui", "pages")}
+    ui = {n for n in imported_names(path) if n.split(".")[0] in ("streamlit", "ui", "views")}
     assert not ui, f"{module_name(path)} imports {sorted(ui)}"
 
 

@@ -63,7 +63,7 @@ def open_page(page=None, query=None) -> AppTest:
     at.run()
     if page:
         at.query_params.update(query or {})
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -218,7 +218,7 @@ def test_a_run_launched_from_the_form_trains_in_its_own_process_and_is_listed(ru
     titles = [spec["title"]["text"] for spec in live_specs(at)]
     assert titles == ["Meta-training loss", "Meta-training accuracy", "Meta-validation accuracy (95% CI)",
                       "Tasks per second"]
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     table = at.dataframe[0].value
     assert list(table["Run"]) == ["from-form"] and list(table["Status"]) == ["● finished"]
     assert list(table["Step"]) == [6] and table["Best val."][0] > 0.2 and pd_isna(table["Test acc."][0])

@@ -106,7 +106,7 @@ def test_the_sweeps_page_shows_the_trials_their_runs_and_the_split_of_each_numbe
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
     at.query_params["sweep"] = "inproc"
-    at.switch_page("pages/sweeps.py").run()
+    at.switch_page("views/sweeps.py").run()
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert sorted(table["Run"]) == ["inproc-t000", "inproc-t001", "inproc-t002"]

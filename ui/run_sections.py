@@ -229,7 +229,7 @@ def files_section(runs_dir: Path, run_dir: Path, view: dict) -> None:
     query = config_query(config)
     c1, c2 = st.columns(2)
     if c1.button("New run from this config", icon=":material/content_copy:", width="stretch"):
-        st.switch_page("pages/meta_train.py", query_params=query)
+        st.switch_page("views/meta_train.py", query_params=query)
     active = jobs.is_active(status)
     if c2.button("Delete this run…", icon=":material/delete:", width="stretch", disabled=active,
                  help="Stop it first." if active else None):

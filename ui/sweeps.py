@@ -208,7 +208,7 @@ def _panel(runs_dir, name: str, was_active: bool) -> None:
     if opened:
         c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
         run = c1.selectbox("A trial's run", opened, key="sw.open")
-        c2.page_link("pages/runs.py", label=f"Open {run} on the Runs page", icon=":material/monitoring:",
+        c2.page_link("views/runs.py", label=f"Open {run} on the Runs page", icon=":material/monitoring:",
                      query_params={"detail": run})
 
 
@@ -255,7 +255,7 @@ def best_section(runs_dir, name: str) -> None:
             else:
                 st.success(f"Started {run_dir.name}.")
         for longer in state["longer_runs"]:
-            st.page_link("pages/runs.py", label=f"{longer['run']} ({longer['minutes']:g} min)",
+            st.page_link("views/runs.py", label=f"{longer['run']} ({longer['minutes']:g} min)",
                          icon=":material/monitoring:", query_params={"detail": longer["run"]})
     with c2, st.container(border=True):
         st.markdown("**Meta-test the best on the test split**")

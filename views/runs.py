@@ -15,7 +15,7 @@ rows = list_runs(runs_dir)
 st.caption(f"{len(rows)} run(s) in `{runs_dir.resolve()}` (set LAB_RUNS_DIR to use another folder).")
 if not rows:
     st.info("No runs yet: launch one on the Meta-Train page.", icon=":material/info:")
-    st.page_link("pages/meta_train.py", label="Meta-Train", icon=":material/rocket_launch:")
+    st.page_link("views/meta_train.py", label="Meta-Train", icon=":material/rocket_launch:")
     st.stop()
 
 sections.runs_table(runs_dir)

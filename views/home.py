@@ -35,7 +35,7 @@ if latest:
     frame = runs_frame(latest)[["Run", "Status", "Algorithm", "Dataset", "Task", "Step", "Best val.", "Test acc.",
                                 "Created"]]
     st.dataframe(styled(frame), hide_index=True, width="stretch", column_config=COLUMNS, placeholder="–")
-    st.page_link("pages/runs.py", label="All runs", icon=":material/arrow_forward:")
+    st.page_link("views/runs.py", label="All runs", icon=":material/arrow_forward:")
 else:
     st.caption("No runs yet.")
-st.page_link("pages/meta_train.py", label="Launch a meta-training run", icon=":material/rocket_launch:")
+st.page_link("views/meta_train.py", label="Launch a meta-training run", icon=":material/rocket_launch:")
