@@ -218,12 +218,16 @@ def ship(name: str, run_dir) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.new")
     exported = runs.export_model(run_dir, tmp)
-    calibration = _calibrate(tmp, config)
+    worse = _worse_than_shipped(exported.get("best_val"), previous)
+    if worse:
+        tmp.unlink()
+        raise ValueError(f"zoo:{name} stays as shipped: {worse}")
     others = sum(p.stat().st_size for p in out.parent.glob("*.pt") if p != out)
     if exported["bytes"] > MAX_MODEL_BYTES or others + exported["bytes"] > MAX_ZOO_BYTES:
         tmp.unlink()
         raise ValueError(f"zoo:{name} would take {exported['bytes']:,} bytes: the caps are {MAX_MODEL_BYTES:,} a "
                          f"model and {MAX_ZOO_BYTES:,} in all ({others:,} taken)")
+    calibration = _calibrate(tmp, config)
     os.replace(tmp, out)
     sittings.append({"run": run_dir.name, "from_step": from_step, "to_step": status.get("step"),
                      "wall_s": round(status.get("elapsed_s") or 0.0, 1), "machine": machine(),
@@ -238,6 +242,17 @@ def ship(name: str, run_dir) -> dict:
     }
     runs.write_json(manifest_path(name), manifest)
     return manifest
+
+
+def _worse_than_shipped(best_val, previous: dict) -> str | None:
+    """Why a run's best checkpoint must not replace the shipped model of the same recipe: it was never
+    validated, or it validates below the shipped one (the same seeded validation episodes). None if it may."""
+    if best_val is None or best_val < 0:
+        return "the run has no validated checkpoint"
+    shipped = previous.get("val_accuracy")
+    if shipped is not None and best_val < shipped:
+        return f"the run's best meta-validation accuracy {100 * best_val:.2f}% is below the shipped {100 * shipped:.2f}%"
+    return None
 
 
 def _calibrate(path: Path, config: TrainConfig) -> dict:

@@ -213,6 +213,23 @@ def test_shipping_a_run_of_another_recipe_is_refused(tiny_zoo):
         zoo.ship("tiny", run_dir)
 
 
+def test_a_run_that_validates_below_the_shipped_model_leaves_it_shipped(tiny_zoo):
+    list(zoo.train("tiny", runs_dir=tiny_zoo / "runs", steps=4))
+    config = zoo.recipe("tiny").config.replace(steps=2)
+    run_dir = runs.create_run(tiny_zoo / "runs", config, "short")  # a new start of the same recipe
+    list(train(config, run_dir))
+    best = runs.load_checkpoint(run_dir / "best.pt")["best_val"]
+    manifest = zoo.read_manifest("tiny")
+    runs.write_json(zoo.manifest_path("tiny"), {**manifest, "val_accuracy": best + 0.01})
+    before = zoo.sha256(zoo.model_path("tiny"))
+    with pytest.raises(ValueError, match=r"stays as shipped: .* is below the shipped"):
+        zoo.ship("tiny", run_dir)
+    assert zoo.sha256(zoo.model_path("tiny")) == before
+    assert not list(zoo.model_path("tiny").parent.glob(".*.new"))
+    runs.write_json(zoo.manifest_path("tiny"), {**manifest, "val_accuracy": best})
+    assert zoo.ship("tiny", run_dir)["val_accuracy"] == best  # as good as the shipped one: it may replace it
+
+
 def test_train_starts_from_the_recipe_settings_and_what_is_given_wins(tmp_path, capsys, omniglot):
     assert main(["train", "--algorithm", "protonet", "--dataset", "omniglot", "--steps", "1", "--val-episodes", "5",
                  "--meta-lr", "0.002", "--runs-dir", str(tmp_path), "--name", "defaults"]) == 0
