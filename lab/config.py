@@ -42,6 +42,7 @@ class TrainConfig:
     log_every: int = positive(10)  # outer steps between metric lines
     hparams: dict = field(default_factory=dict)  # the algorithm's own hyper-parameters
     turned_classes: bool = False  # every training class also at 90, 180 and 270 degrees, each turn a class of its own as in Omniglot's Vinyals split: four times the training classes
+    within_group: float = number(0.0, low=0, high=1)  # share of training tasks whose classes all come from one group of the split (Omniglot: one alphabet), the harder tasks of Lake's protocol; the others mix the whole split
     augment: bool = False  # small random affine changes and stroke thickness on training images (lab.augment)
     strokes: str = choice("as-drawn", STROKES)  # normalised: every image the model meets, in training and in tests, has its strokes redrawn at MNIST's width first, as the drawing pad's are (lab.data.normalised_strokes)
     init_from: str | None = None  # a checkpoint (or zoo:NAME) whose weights and step count the run starts from

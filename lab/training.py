@@ -238,7 +238,7 @@ def _sitting(config: TrainConfig, run_dir: Path | None, resume: bool, time_limit
         t_step = time.perf_counter()
         model.train()
         batch = sample_batch(train_pool, config.way_for_training, config.k_shot, config.n_query,
-                             config.meta_batch, rng, device)
+                             config.meta_batch, rng, device, config.within_group)
         if config.augment:
             batch = augment_episode(batch, step_generator(config.seed, step))
         out = model.outer_loss(shard(batch, world))

@@ -54,6 +54,24 @@ def test_a_batch_stacks_episodes_along_a_task_dimension(digits):
     assert batch.n_way == 5
 
 
+def test_within_group_tasks_take_all_their_classes_from_one_alphabet_and_the_others_mix(omniglot):
+    pool = omniglot.pool("train")
+    groups = np.array(pool.class_groups)
+
+    def alphabets(within_group: float, seed: int) -> list[int]:
+        batch = sample_batch(pool, 20, 1, 1, 40, np.random.default_rng(seed), within_group=within_group)
+        return [len(set(groups[task.numpy()])) for task in batch.classes]
+
+    assert all(n == 1 for n in alphabets(1.0, 0))
+    assert all(n > 1 for n in alphabets(0.0, 0))
+    mixed = alphabets(0.5, 1)
+    assert 5 <= sum(n == 1 for n in mixed) <= 35  # about half of the 40, by the seeded draw
+    assert mixed == alphabets(0.5, 1)  # seeded like every other draw
+    # Only an alphabet with enough classes makes a within-group task; none has 250 (its characters at four turns).
+    wide = sample_batch(pool, 250, 1, 1, 3, np.random.default_rng(0), within_group=1.0)
+    assert all(len(set(groups[task.numpy()])) > 1 for task in wide.classes)
+
+
 @pytest.mark.parametrize(
     "n_way, k_shot, n_query, message",
     [
