@@ -65,7 +65,7 @@ def sample_episode(pool: ClassPool, n_way: int, k_shot: int, n_query: int, rng: 
     """Draw one episode from ``pool`` with ``rng``; images are float32 in [0, 1] on the CPU. ``among``: the
     class indices to draw from (all of the pool's by default)."""
     check_request(pool, n_way, k_shot, n_query)
-    classes = rng.choice(len(pool), size=n_way, replace=False) if among is None else rng.choice(among, size=n_way, replace=False)
+    classes = rng.choice(len(pool) if among is None else among, size=n_way, replace=False)
     shots = []
     for c in classes:
         which = rng.choice(len(pool.members[c]), size=k_shot + n_query, replace=False)
@@ -95,18 +95,12 @@ def sample_batch(
     """``meta_batch`` episodes stacked along a leading task dimension, on ``device``. ``within_group``: the
     share of episodes whose classes all come from one group of the pool (Omniglot: one alphabet), a group
     with at least ``n_way`` classes picked at random; the others draw from the whole pool."""
-    groups = class_groups(pool, n_way) if within_group > 0 else []
+    groups = [g for g in pool.group_classes if len(g) >= n_way] if within_group > 0 else []
     episodes = []
     for _ in range(meta_batch):
         among = groups[rng.integers(len(groups))] if groups and rng.random() < within_group else None
         episodes.append(sample_episode(pool, n_way, k_shot, n_query, rng, among))
     return Episode(*(torch.stack(parts) for parts in zip(*episodes))).to(device)
-
-
-def class_groups(pool: ClassPool, n_way: int) -> list[np.ndarray]:
-    """The class indices of each group of ``pool`` that has at least ``n_way`` classes, in name order."""
-    names = np.array(pool.class_groups)
-    return [idx for g in sorted(set(pool.class_groups)) if len(idx := np.flatnonzero(names == g)) >= n_way]
 
 
 def episode_stream(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,12 @@ class ClassPool:
 
     def __len__(self) -> int:
         return len(self.classes)
+
+    @cached_property
+    def group_classes(self) -> tuple[np.ndarray, ...]:
+        """The class indices of each group (Omniglot: alphabet), groups in name order."""
+        names = np.array(self.class_groups)
+        return tuple(np.flatnonzero(names == g) for g in sorted(set(self.class_groups)))
 
     @property
     def min_class_size(self) -> int:
