@@ -8,7 +8,8 @@
 - :func:`fit_doubt`: when to say "not sure", chosen on the same meta-validation queries: a floor on the
   calibrated top probability, and a floor on the top logit, which for a metric learner such as
   Prototypical Networks is minus the squared distance to the nearest class.
-- :func:`calibrate`: both for a run, on its own validation split, written into its checkpoint with
+- :func:`calibrate`: both for a run, on its own validation split (after the rate at which a gradient
+  learner adapts to each task shape, :mod:`lab.adaptation`), written into its checkpoint with
   :func:`write_calibration` so :class:`lab.predict.Predictor` uses them.
 """
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lab import runs
+from lab.adaptation import adapts_by_rate, check_rate_scales, fit_rate_scales
 from lab.data import load_dataset
 from lab.device import pick_device
 from lab.episodes import check_request, episode_stream
@@ -193,20 +195,29 @@ def validation_pool(config, data_dir=None):
 
 
 def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int = CALIBRATION_SHOT,
-                      n_query: int = 15, episodes: int = CALIBRATION_EPISODES, seed: int = 0, device="cpu",
-                      data_dir=None) -> dict:
-    """Temperature and doubt rule fitted on ``episodes`` meta-validation episodes of the run's own dataset.
+                      n_query: int = 15, episodes: int | None = None, seed: int = 0, device="cpu",
+                      data_dir=None, rates: bool = False, rate_episodes: int | None = None) -> dict:
+    """Temperature and doubt rule fitted on ``episodes`` (default :data:`CALIBRATION_EPISODES`)
+    meta-validation episodes of the run's own dataset.
 
     ``n_way`` is lowered to the number of validation classes when there are fewer. Returns the
-    temperature, the doubt rule, the NLL and ECE before and after, and the episodes' shape.
+    temperature, the doubt rule, the NLL and ECE before and after, and the episodes' shape. With
+    ``rates``, a learner that adapts by gradient steps first has its adaptation rate per task shape
+    fitted on the same split (:func:`lab.adaptation.fit_rate_scales`, set on ``model`` and returned
+    as ``"rate_scales"`` and ``"rate_fit"``), and the temperature is that of the model so adapting.
     """
+    episodes = episodes or CALIBRATION_EPISODES
     pool = validation_pool(config, data_dir)
     n_way = min(n_way, len(pool))
     check_request(pool, n_way, k_shot, n_query)
+    fitted_rates = fit_rate_scales(model, pool, n_query=n_query, episodes=rate_episodes, device=device) \
+        if rates and adapts_by_rate(model) else None
     logits, labels = episode_logits(model, episode_stream(pool, n_way, k_shot, n_query, episodes, seed), device)
     temperature = fit_temperature(logits, labels)
     doubt = fit_doubt(logits, labels, temperature)
-    return {
+    rate_part = {} if fitted_rates is None else {
+        "rate_scales": fitted_rates["rate_scales"], "rate_fit": {k: v for k, v in fitted_rates.items() if k != "rate_scales"}}
+    return rate_part | {
         "temperature": temperature,
         "doubt": asdict(doubt),
         "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, temperature),
@@ -224,7 +235,9 @@ def write_calibration(path: str | os.PathLike, calibration: dict, out: str | os.
     checkpoint["temperature"] = float(calibration["temperature"])
     if calibration.get("doubt"):
         checkpoint["doubt"] = {k: (None if v is None else float(v)) for k, v in calibration["doubt"].items()}
-    checkpoint["calibration"] = {k: v for k, v in calibration.items() if k not in ("temperature", "doubt")}
+    if calibration.get("rate_scales"):
+        checkpoint["rate_scales"] = check_rate_scales(calibration["rate_scales"], "the calibration")
+    checkpoint["calibration"] = {k: v for k, v in calibration.items() if k not in ("temperature", "doubt", "rate_scales")}
     out = Path(out or path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -245,14 +258,16 @@ def read_calibration(path: str | os.PathLike) -> tuple[float, Doubt | None]:
 
 def calibrate(source, *, episodes: int = CALIBRATION_EPISODES, n_way: int = CALIBRATION_WAY,
               k_shot: int = CALIBRATION_SHOT, n_query: int = 15, seed: int = 0, device: str = "auto",
-              data_dir=None, out=None) -> dict:
+              data_dir=None, out=None, rate_episodes: int | None = None) -> dict:
     """Fit the temperature and doubt rule of a run (or checkpoint) on its validation split and write them
-    into its checkpoint (or into a copy at ``out``). Returns what :func:`fit_on_validation` does, with
-    the file written."""
+    into its checkpoint (or into a copy at ``out``); a learner that adapts by gradient steps first has its
+    adaptation rates fitted (``rate_episodes`` per shape and factor). Returns what
+    :func:`fit_on_validation` does, with the file written."""
     path = checkpoint_file(source)
     torch_device = pick_device(device)
     config, model = runs.load_model(path, device=torch_device)
-    result = fit_on_validation(model, config, n_way, k_shot, n_query, episodes, seed, torch_device, data_dir)
+    result = fit_on_validation(model, config, n_way, k_shot, n_query, episodes, seed, torch_device, data_dir,
+                               rates=True, rate_episodes=rate_episodes)
     result["checkpoint"] = str(write_calibration(path, result, out))
     return result
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -244,6 +245,26 @@ def ship(name: str, run_dir) -> dict:
     return manifest
 
 
+def recalibrate(name: str) -> dict:
+    """Fit the shipped model's adaptation rates, temperature and doubt rule again on its recipe's
+    validation split (its weights stay as they are), and write them into its file and manifest. The
+    measurements of the manifest go, since they no longer describe the file: ``zoo verify --record``
+    takes them again."""
+    manifest = check_model(name)
+    path = model_path(name)
+    config = TrainConfig.from_dict(runs.load_checkpoint(path)["config"])
+    tmp = path.with_name(f".{path.name}.new")
+    shutil.copyfile(path, tmp)
+    try:
+        calibration = _calibrate(tmp, config)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest |= {"calibration": calibration, "bytes": path.stat().st_size, "sha256": sha256(path), "measured": {}}
+    runs.write_json(manifest_path(name), manifest)
+    return manifest
+
+
 def _worse_than_shipped(best_val, previous: dict) -> str | None:
     """Why a run's best checkpoint must not replace the shipped model of the same recipe: it was never
     validated, or it validates below the shipped one (the same seeded validation episodes). None if it may."""
@@ -264,7 +285,7 @@ def _calibrate(path: Path, config: TrainConfig) -> dict:
 
     _, model = runs.load_model(path)
     try:
-        result = fit_on_validation(model, config)
+        result = fit_on_validation(model, config, rates=True)
     except ValueError as err:
         return {"temperature": 1.0, "not_fitted": str(err)}
     write_calibration(path, result)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lab.adaptation import rate_scale
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput, input_grad
 from lab.algorithms.execution import task_by_task
 from lab.device import CPU_CHUNK
@@ -188,9 +189,13 @@ class GradientLearner(MetaLearner):
     """
 
     Hparams = InnerHparams
+    scales_rate: bool = True  # the update is linear in the gradient, so a fitted factor scales its rate
 
     def __init__(self, hparams: InnerHparams, n_way: int):
         super().__init__(hparams, n_way)
+        # Factors on the rate of test-time adaptation per task shape ("10w5s": 0.3), fitted on
+        # meta-validation by :mod:`lab.adaptation`; empty: the rate meta-training used, for every shape.
+        self.rate_scales: dict[str, float] = {}
         self.encoder = Conv4(hidden=hparams.hidden)
         self.groups = self.encoder.blocks[0][1].num_groups
         # One row for every class (zero: every class starts equal, the head learns its start).
@@ -204,6 +209,22 @@ class GradientLearner(MetaLearner):
         """Inner steps when adapting to a new task (default: training's; each recipe of the zoo
         names its own)."""
         return self.hparams.test_inner_steps or self.hparams.inner_steps
+
+    def test_update(self, n_way: int, n_support: int, update: Update | None = None) -> Update:
+        """The rule that adapts to a new task of ``n_way`` classes and ``n_support`` labelled images: ``update``
+        when given, else the algorithm's own with its gradients scaled by the fitted factor of the
+        nearest task shape (:func:`lab.adaptation.rate_scale`)."""
+        if update is not None:
+            return update
+        rule = self.update_rule(self.test_steps)
+        scale = rate_scale(self.rate_scales, n_way, max(1, n_support // max(1, n_way))) if self.scales_rate else 1.0
+        if scale == 1.0:
+            return rule
+
+        def scaled(step: int, params: Params, grads: Params, state: dict) -> tuple[Params, dict]:
+            return rule(step, params, {k: scale * g for k, g in grads.items()}, state)
+
+        return scaled
 
     def task_params(self, n_way: int, detach: bool = False) -> Params:
         """The parameters a task starts from: the encoder's, and the head row copied ``n_way`` times."""
@@ -290,7 +311,8 @@ class GradientLearner(MetaLearner):
         algorithm's own rule) on the support set, even under no_grad."""
         with torch.enable_grad():
             params = self.adapt_params(self.task_params(n_way, detach=True), support_x, support_y,
-                                       self.test_steps, second_order=False, update=update)
+                                       self.test_steps, second_order=False,
+                                       update=self.test_update(n_way, len(support_y), update))
         params = {k: v.detach() for k, v in params.items()}
 
         def predict(x: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,7 @@ class LearnedOptimizer(GradientLearner):
     name = "learned-opt"
     summary = "Learned optimizer: a small network turns each gradient into its update (meta-optimization)."
     Hparams = LearnedOptHparams
+    scales_rate = False  # its network reads the gradient itself: a factor on it is not a factor on the step
 
     def __init__(self, hparams: LearnedOptHparams, n_way: int):
         super().__init__(hparams, n_way)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from lab.algorithms.base import Predictor, StepOutput, input_grad, register
 from lab.algorithms.execution import task_by_task
-from lab.algorithms.inner import HEAD, GradientLearner, InnerHparams, Params, encode, inner_loop
+from lab.algorithms.inner import HEAD, GradientLearner, InnerHparams, Params, Update, encode, inner_loop
 from lab.episodes import Episode
 
 
@@ -83,7 +83,7 @@ class ANIL(GradientLearner):
         return out
 
     def adapt_heads(self, support_f: torch.Tensor, support_y: torch.Tensor, n_way: int, steps: int,
-                    second_order: bool, detach: bool = False) -> Params:
+                    second_order: bool, detach: bool = False, update: Update | None = None) -> Params:
         """Heads ``(tasks, n_way, d)``, ``(tasks, n_way)`` adapted to support features ``(tasks, n, d)``."""
         tasks = support_f.shape[0]
         params = {"head.weight": self.head_weight.expand(tasks, n_way, -1), "head.bias": self.head_bias.expand(tasks, n_way)}
@@ -95,7 +95,7 @@ class ANIL(GradientLearner):
             logits = head_logits(p, support_f)
             return F.cross_entropy(logits.flatten(0, 1), support_y.flatten(), reduction="sum") / support_y.shape[1]
 
-        return inner_loop(support_loss, params, steps, self.update_rule(steps), list(HEAD), second_order,
+        return inner_loop(support_loss, params, steps, update or self.update_rule(steps), list(HEAD), second_order,
                           symmetric_head=True)
 
     def outer_loss(self, batch: Episode) -> StepOutput:
@@ -119,8 +119,8 @@ class ANIL(GradientLearner):
         with torch.no_grad():
             (support_f,) = self._encode(support_x[None])
         with torch.enable_grad():
-            heads = self.adapt_heads(support_f, support_y[None], n_way, self.test_steps,
-                                     second_order=False, detach=True)
+            heads = self.adapt_heads(support_f, support_y[None], n_way, self.test_steps, second_order=False,
+                                     detach=True, update=self.test_update(n_way, len(support_y)))
         heads = {k: v.detach() for k, v in heads.items()}
 
         def predict(x: torch.Tensor) -> torch.Tensor:

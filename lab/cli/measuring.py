@@ -179,6 +179,9 @@ def cmd_calibrate(args) -> int:
         print(f"T = {result['temperature']:.3f} on {shape['episodes']} {shape['n_way']}-way {shape['k_shot']}-shot "
               f"{shape['dataset']}:val episodes: NLL {result['nll_before']:.4f} -> {result['nll_after']:.4f}, "
               f"ECE {result['ece_before']:.4f} -> {result['ece_after']:.4f}; written to {result['checkpoint']}")
+        if result.get("rate_scales"):
+            print("adaptation rate, times meta-training's: "
+                  + ", ".join(f"{k} x{v:g}" for k, v in result["rate_scales"].items()))
     return 0
 
 

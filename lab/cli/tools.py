@@ -50,6 +50,15 @@ def cmd_zoo(args) -> int:
         print(f"shipped zoo:{args.name}: step {m['step']}, T = {m['calibration']['temperature']:.3f}, "
               f"{m['bytes']:,} bytes", file=sys.stderr)
         return 0
+    if args.action == "calibrate":
+        if not args.name:
+            raise ValueError("zoo calibrate needs a recipe name")
+        m = zoo.recalibrate(zoo.recipe(args.name).name)
+        c = m["calibration"]
+        rates = ", ".join(f"{k} x{v:g}" for k, v in (c.get("rate_scales") or {}).items())
+        print(f"zoo:{args.name}: T = {c['temperature']:.3f}" + (f"; adaptation rate {rates}" if rates else "")
+              + "; its measurements await zoo verify --record", file=sys.stderr)
+        return 0
     if args.action == "table":  # what the last verify --record measured, without measuring again
         rows = zoo_verify.recorded_rows([args.name] if args.name else None)
         print_json(rows) if args.json else print(zoo_verify.markdown_table(rows))
