@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from lab import runs
 from lab.adaptation import adapts_by_rate, check_rate_scales, fit_rate_scales
+from lab.augment import augment_episode, step_generator
 from lab.data import load_dataset
 from lab.device import pick_device
 from lab.episodes import check_request, episode_stream
@@ -201,7 +202,9 @@ def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int =
     meta-validation episodes of the run's own dataset.
 
     ``n_way`` is lowered to the number of validation classes when there are fewer. Returns the
-    temperature, the doubt rule, the NLL and ECE before and after, and the episodes' shape. With
+    temperature, the doubt rule, the NLL and ECE before and after, and the episodes' shape. A run that
+    trains on augmented episodes (``config.augment``) is calibrated on validation episodes augmented the
+    same way (seeded), the variety of drawing it was trained to meet. With
     ``rates``, a learner that adapts by gradient steps first has its adaptation rate per task shape
     fitted on the same split (:func:`lab.adaptation.fit_rate_scales`, set on ``model`` and returned
     as ``"rate_scales"`` and ``"rate_fit"``), and the temperature is that of the model so adapting.
@@ -212,7 +215,10 @@ def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int =
     check_request(pool, n_way, k_shot, n_query)
     fitted_rates = fit_rate_scales(model, pool, n_query=n_query, episodes=rate_episodes, device=device) \
         if rates and adapts_by_rate(model) else None
-    logits, labels = episode_logits(model, episode_stream(pool, n_way, k_shot, n_query, episodes, seed), device)
+    stream = episode_stream(pool, n_way, k_shot, n_query, episodes, seed)
+    if config.augment:  # a model trained for drawings that vary is calibrated on drawings that vary so
+        stream = [augment_episode(ep, step_generator(seed, i)) for i, ep in enumerate(stream)]
+    logits, labels = episode_logits(model, stream, device)
     temperature = fit_temperature(logits, labels)
     doubt = fit_doubt(logits, labels, temperature)
     rate_part = {} if fitted_rates is None else {
@@ -224,7 +230,7 @@ def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int =
         "ece_before": expected_calibration_error(torch.softmax(logits, -1).numpy(), labels.numpy()),
         "ece_after": expected_calibration_error(torch.softmax(logits / temperature, -1).numpy(), labels.numpy()),
         "fitted_on": {"dataset": config.dataset, "split": "val", "n_way": n_way, "k_shot": k_shot,
-                      "n_query": n_query, "episodes": episodes, "seed": seed},
+                      "n_query": n_query, "episodes": episodes, "seed": seed, "augmented": bool(config.augment)},
     }
 
 

@@ -143,6 +143,18 @@ def test_calibrating_a_run_writes_its_temperature_into_the_checkpoint_and_keeps_
     assert t == pytest.approx(result["temperature"]) and isinstance(doubt, Doubt)
 
 
+def test_a_run_trained_on_augmented_episodes_is_calibrated_on_validation_episodes_augmented_so(tiny_run):
+    from lab.calibration import fit_on_validation
+
+    config, model = runs.load_model(tiny_run)
+    plain = fit_on_validation(model, config, episodes=10)
+    varied = fit_on_validation(model, config.replace(augment=True), episodes=10)
+    again = fit_on_validation(model, config.replace(augment=True), episodes=10)
+    assert not plain["fitted_on"]["augmented"] and varied["fitted_on"]["augmented"]
+    assert varied["temperature"] != plain["temperature"]  # other images, other logits
+    assert again["temperature"] == varied["temperature"]  # the augmentation is seeded
+
+
 def test_the_predictor_divides_the_logits_by_the_checkpoints_temperature(tmp_path):
     out = write_calibration(runs.default_model(), {"temperature": 2.5}, tmp_path / "hot.pt")
     _, plain = load_predictor("default")
