@@ -6,7 +6,7 @@ zoo:maml-draw adapts to 10-way 5-shot tasks at 87% with its training rate and at
 of it. So the rate of test-time adaptation is a hyper-parameter of each task shape, fitted where
 hyper-parameters are fitted, on meta-validation episodes (never on the test split):
 
-- :func:`fit_rate_scales`: for each shape of :data:`FIT_SHAPES`, the factor of :data:`SCALES` on the
+- :func:`lab.rate_fit.fit_rate_scales`: for each shape of :data:`FIT_SHAPES`, the factor of :data:`SCALES` on the
   algorithm's own rate (its learned rates, for Meta-SGD) under which the validation episodes are
   answered best.
 - :func:`rate_scale`: the factor for a task, that of the same shape when it was fitted, else that
@@ -65,43 +65,3 @@ def rate_scale(scales: dict[str, float], n_way: int, k_shot: int) -> float:
 def adapts_by_rate(model) -> bool:
     """Whether ``model`` adapts by gradient steps whose rate a factor scales."""
     return bool(getattr(model, "scales_rate", False)) and hasattr(model, "rate_scales")
-
-
-def fit_rate_scales(model, pool, shapes=FIT_SHAPES, scales=SCALES, n_query: int = 15, episodes: int | None = None,
-                    seed: int = FIT_SEED, device="cpu", progress=None) -> dict:
-    """Fit the factors of ``model`` (a learner for which :func:`adapts_by_rate`) on ``pool``, its
-    meta-validation classes, ``episodes`` (default :data:`FIT_EPISODES`) per shape and factor, and set
-    them on the model. Shapes with more ways than the pool has
-    classes, or more shots than its classes have images, are left out. Returns ``{"rate_scales":
-    {shape: factor}, "accuracy": {shape: {factor: validation accuracy}}, "episodes", "seed"}``;
-    ties go to the larger factor, the nearer to meta-training's."""
-    from lab.episodes import check_request, episode_stream
-    from lab.evaluation import episode_accuracies
-
-    if not adapts_by_rate(model):
-        raise ValueError(f"{getattr(model, 'name', type(model).__name__)} does not adapt by a gradient rate")
-    episodes = episodes or FIT_EPISODES
-    fitted, accuracy = {}, {}
-    shapes = [(w, s) for w, s in shapes if _fits(pool, w, s, n_query, check_request)]
-    for i, (n_way, k_shot) in enumerate(shapes):
-        key = shape_key(n_way, k_shot)
-        stream = episode_stream(pool, n_way, k_shot, n_query, episodes, seed)
-        accuracy[key] = {}
-        for factor in scales:
-            model.rate_scales = {key: factor}
-            accuracy[key][str(factor)] = float(episode_accuracies(model, stream, device).mean())
-        best = max(scales, key=lambda f: (round(accuracy[key][str(f)], 6), f))
-        fitted[key] = best
-        if progress:
-            progress(i + 1, len(shapes))
-    model.rate_scales = dict(fitted)
-    return {"rate_scales": fitted, "accuracy": accuracy, "episodes": episodes, "seed": seed,
-            "scales_tried": list(scales)}
-
-
-def _fits(pool, n_way: int, k_shot: int, n_query: int, check_request) -> bool:
-    try:
-        check_request(pool, n_way, k_shot, n_query)
-    except ValueError:
-        return False
-    return True

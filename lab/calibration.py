@@ -25,12 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from lab import runs
-from lab.adaptation import adapts_by_rate, check_rate_scales, fit_rate_scales
+from lab.adaptation import adapts_by_rate, check_rate_scales
 from lab.augment import augment_episode, step_generator
 from lab.data import load_dataset
 from lab.device import pick_device
 from lab.episodes import check_request, episode_stream
 from lab.evaluation import meta_test_pool
+from lab.rate_fit import fit_rate_scales
 
 ECE_BINS = 15
 FALSE_ALARMS = 0.02  # the share of meta-validation queries the doubt rule may call unsure on distance alone
@@ -206,7 +207,7 @@ def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int =
     trains on augmented episodes (``config.augment``) is calibrated on validation episodes augmented the
     same way (seeded), the variety of drawing it was trained to meet. With
     ``rates``, a learner that adapts by gradient steps first has its adaptation rate per task shape
-    fitted on the same split (:func:`lab.adaptation.fit_rate_scales`, set on ``model`` and returned
+    fitted on the same split (:func:`lab.rate_fit.fit_rate_scales`, set on ``model`` and returned
     as ``"rate_scales"`` and ``"rate_fit"``), and the temperature is that of the model so adapting.
     """
     episodes = episodes or CALIBRATION_EPISODES

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from lab import runs, zoo
-from lab.adaptation import FIT_SHAPES, SCALES, adapts_by_rate, check_rate_scales, fit_rate_scales, rate_scale
+from lab.adaptation import FIT_SHAPES, SCALES, adapts_by_rate, check_rate_scales, rate_scale
 from lab.algorithms import build
 from lab.calibration import calibrate
 from lab.cli import main
 from lab.config import TrainConfig
 from lab.data import load_dataset
+from lab.rate_fit import fit_rate_scales
 from lab.episodes import episode_stream
 from lab.training import train
 
