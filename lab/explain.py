@@ -106,7 +106,8 @@ def adaptation(model, support_x, support_y, image, n_way: int, temperature: floa
     steps = [(0, model.task_params(n_way, detach=True))]
     with torch.enable_grad():
         model.adapt_params(model.task_params(n_way, detach=True), support_x, support_y, model.test_steps,
-                           second_order=False, update=model.test_update(n_way, len(support_y)), on_step=lambda k, p: steps.append((k, {n: v.detach() for n, v in p.items()})))
+                           second_order=False, update=model.test_update(n_way, len(support_y)),
+                           on_step=lambda k, p: steps.append((k, {n: v.detach() for n, v in p.items()})))
     rows, before = [], None
     with torch.no_grad():
         for k, params in steps:

@@ -9,7 +9,7 @@ from lab.evaluation import episode_accuracies
 
 
 def fit_rate_scales(model, pool, shapes=FIT_SHAPES, scales=SCALES, n_query: int = 15, episodes: int | None = None,
-                    seed: int = FIT_SEED, device="cpu", progress=None) -> dict:
+                    seed: int = FIT_SEED, device="cpu") -> dict:
     """Fit the factors of ``model`` (a learner for which :func:`adapts_by_rate`) on ``pool``, its
     meta-validation classes, ``episodes`` (default :data:`lab.adaptation.FIT_EPISODES`) per shape and factor, and set
     them on the model. Shapes with more ways than the pool has
@@ -21,7 +21,7 @@ def fit_rate_scales(model, pool, shapes=FIT_SHAPES, scales=SCALES, n_query: int 
     episodes = episodes or adaptation.FIT_EPISODES
     fitted, accuracy = {}, {}
     shapes = [(w, s) for w, s in shapes if _fits(pool, w, s, n_query)]
-    for i, (n_way, k_shot) in enumerate(shapes):
+    for n_way, k_shot in shapes:
         key = shape_key(n_way, k_shot)
         stream = episode_stream(pool, n_way, k_shot, n_query, episodes, seed)
         accuracy[key] = {}
@@ -30,8 +30,6 @@ def fit_rate_scales(model, pool, shapes=FIT_SHAPES, scales=SCALES, n_query: int 
             accuracy[key][str(factor)] = float(episode_accuracies(model, stream, device).mean())
         best = max(scales, key=lambda f: (round(accuracy[key][str(f)], 6), f))
         fitted[key] = best
-        if progress:
-            progress(i + 1, len(shapes))
     model.rate_scales = dict(fitted)
     return {"rate_scales": fitted, "accuracy": accuracy, "episodes": episodes, "seed": seed,
             "scales_tried": list(scales)}
