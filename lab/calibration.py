@@ -30,7 +30,7 @@ from lab.augment import augment_episode, step_generator
 from lab.data import load_dataset
 from lab.device import pick_device
 from lab.episodes import check_request, episode_stream
-from lab.evaluation import meta_test_pool
+from lab.evaluation import mean_ci95, meta_test_pool
 from lab.rate_fit import fit_rate_scales
 
 ECE_BINS = 15
@@ -300,7 +300,7 @@ def evaluate_calibration(source, *, dataset: str | None = None, data_dir=None, s
                          n_way: int | None = None, k_shot: int | None = None, n_query: int = 15,
                          episodes: int = 1000, seed: int = 0, device: str = "auto",
                          val_episodes: int = CALIBRATION_EPISODES) -> dict:
-    """ECE (15 bins, with the 95% interval of the calibrated one) and NLL on the test episodes
+    """ECE (15 bins, with the 95% interval of the calibrated one), NLL and accuracy on the test episodes
     :func:`lab.evaluation.evaluate_run` draws with the same arguments, before and after calibration. The
     temperature is the checkpoint's when it holds one, else one fitted on ``val_episodes`` episodes of the
     run's validation split of the same shape."""
@@ -319,10 +319,12 @@ def evaluate_calibration(source, *, dataset: str | None = None, data_dir=None, s
         fit = fit_on_validation(model, config, n_way, k_shot, n_query, val_episodes, seed, torch_device, own_data)
         temperature, fitted = fit["temperature"], {"source": "validation", **fit["fitted_on"]}
     after = torch.softmax(logits / temperature, -1).numpy()
+    accuracy, accuracy_ci95 = mean_ci95((logits.argmax(-1) == labels).double().reshape(episodes, -1).mean(1).numpy())
     return {
         "temperature": temperature,
         "temperature_from": fitted,
-        "accuracy": float((logits.argmax(-1) == labels).double().mean()),
+        "accuracy": accuracy,
+        "accuracy_ci95": accuracy_ci95,
         "ece_before": expected_calibration_error(torch.softmax(logits, -1).numpy(), labels.numpy()),
         "ece_after": expected_calibration_error(after, labels.numpy()),
         "ece_after_ci95": ece_interval(after, labels.numpy(), n_way * n_query) if episodes > 1 else None,

@@ -71,20 +71,27 @@ def verify_model(name: str, episodes: int = 1000, device: str = "auto", lake_run
         result = lake_error(model, runs=lake_runs, device=torch_device, strokes=config.strokes)
         rows.append(_row(name, "lake_error", 100 * result["error"], 100 * result["ci95"], rec.floors["lake_error"],
                          rec.published.get("lake_error"), higher_is_better=False, episodes=lake_runs))
+    # A calibration task's episodes are the transfer task's of the same shape: one pass answers both rows.
+    calibrated = {}
+    for dataset, n_way, k_shot in {CALIBRATION_TASKS[t] for t in rec.tasks if t in CALIBRATION_TASKS}:
+        calibrated[dataset, n_way, k_shot] = evaluate_calibration(model_path(name), dataset=dataset, n_way=n_way,
+                                                                  k_shot=k_shot, episodes=episodes, seed=0,
+                                                                  device=device)
     for task in rec.tasks:
         if task in CALIBRATION_TASKS:
-            dataset, n_way, k_shot = CALIBRATION_TASKS[task]
-            result = evaluate_calibration(model_path(name), dataset=dataset, n_way=n_way, k_shot=k_shot,
-                                          episodes=episodes, seed=0, device=device)
+            result = calibrated[CALIBRATION_TASKS[task]]
             rows.append(_row(name, task, result["ece_after"], result["ece_after_ci95"], rec.floors.get(task), None,
                              higher_is_better=False, episodes=episodes, temperature=result["temperature"]))
             continue
-        if task in TRANSFER:
+        if task in TRANSFER and TRANSFER[task] in calibrated:
+            result = calibrated[TRANSFER[task]]
+            result = {"accuracy": result["accuracy"], "ci95": result["accuracy_ci95"]}
+        elif task in TRANSFER:
             dataset, n_way, k_shot = TRANSFER[task]
             task_pool = load_dataset(dataset, strokes=config.strokes).pool("all")
+            result = meta_test(model, task_pool, n_way, k_shot, 15, episodes, seed=0, device=torch_device)
         else:
-            (n_way, k_shot), task_pool = TASKS[task], pool
-        result = meta_test(model, task_pool, n_way, k_shot, 15, episodes, seed=0, device=torch_device)
+            result = meta_test(model, pool, *TASKS[task], 15, episodes, seed=0, device=torch_device)
         rows.append(_row(name, task, 100 * result["accuracy"], 100 * result["ci95"], rec.floors.get(task),
                          rec.published.get(task), episodes=episodes))
     if rec.floors.get("beats_sgd"):
