@@ -31,6 +31,8 @@ from lab.data import load_dataset
 from lab.device import pick_device
 from lab.episodes import check_request, episode_stream
 from lab.evaluation import mean_ci95, meta_test_pool
+from lab.metric import check_metric
+from lab.metric_fit import METRIC_EPISODES, fit_metric
 from lab.rate_fit import fit_rate_scales
 
 ECE_BINS = 15
@@ -191,31 +193,33 @@ def checkpoint_file(source: str | os.PathLike) -> Path:
     return path
 
 
-def validation_pool(config, data_dir=None):
-    """The pool of the run's own meta-validation classes."""
-    return load_dataset(config.dataset, data_dir or config.data_dir, config.split_scheme, config.strokes).pool("val")
-
-
 def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int = CALIBRATION_SHOT,
                       n_query: int = 15, episodes: int | None = None, seed: int = 0, device="cpu",
-                      data_dir=None, rates: bool = False, rate_episodes: int | None = None) -> dict:
+                      data_dir=None, adaptation: bool = False, rate_episodes: int | None = None,
+                      metric_episodes: int | None = None) -> dict:
     """Temperature and doubt rule fitted on ``episodes`` (default :data:`CALIBRATION_EPISODES`)
     meta-validation episodes of the run's own dataset.
 
     ``n_way`` is lowered to the number of validation classes when there are fewer. Returns the
     temperature, the doubt rule, the NLL and ECE before and after, and the episodes' shape. A run that
     trains on augmented episodes (``config.augment``) is calibrated on validation episodes augmented the
-    same way (seeded), the variety of drawing it was trained to meet. With
-    ``rates``, a learner that adapts by gradient steps first has its adaptation rate per task shape
-    fitted on the same split (:func:`lab.rate_fit.fit_rate_scales`, set on ``model`` and returned
-    as ``"rate_scales"`` and ``"rate_fit"``), and the temperature is that of the model so adapting.
+    same way (seeded), the variety of drawing it was trained to meet. With ``adaptation``, how the
+    model meets a new task is fitted first on the same split, and the temperature is that of the model
+    so adapting: a learner that adapts by gradient steps has its rate per task shape fitted
+    (:func:`lab.rate_fit.fit_rate_scales`, returned as ``"rate_scales"`` and ``"rate_fit"``), a
+    Prototypical Network its metric (:func:`lab.metric_fit.fit_metric`, ``"metric"`` and ``"metric_fit"``);
+    either is set on ``model``.
     """
     episodes = episodes or CALIBRATION_EPISODES
-    pool = validation_pool(config, data_dir)
+    dataset = load_dataset(config.dataset, data_dir or config.data_dir, config.split_scheme, config.strokes)
+    pool = dataset.pool("val")
     n_way = min(n_way, len(pool))
     check_request(pool, n_way, k_shot, n_query)
     fitted_rates = fit_rate_scales(model, pool, n_query=n_query, episodes=rate_episodes, device=device) \
-        if rates and adapts_by_rate(model) else None
+        if adaptation and adapts_by_rate(model) else None
+    fitted_metric = fit_metric(model, dataset.pool("train"), pool, n_query=n_query,
+                               episodes=metric_episodes or METRIC_EPISODES, device=device) \
+        if adaptation and hasattr(model, "whitening") else None
     stream = episode_stream(pool, n_way, k_shot, n_query, episodes, seed)
     if config.augment:  # a model trained for drawings that vary is calibrated on drawings that vary so
         stream = [augment_episode(ep, step_generator(seed, i)) for i, ep in enumerate(stream)]
@@ -224,7 +228,8 @@ def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int =
     doubt = fit_doubt(logits, labels, temperature)
     rate_part = {} if fitted_rates is None else {
         "rate_scales": fitted_rates["rate_scales"], "rate_fit": {k: v for k, v in fitted_rates.items() if k != "rate_scales"}}
-    return rate_part | {
+    metric_part = {} if fitted_metric is None else {"metric": fitted_metric["metric"], "metric_fit": fitted_metric["fit"]}
+    return rate_part | metric_part | {
         "temperature": temperature,
         "doubt": asdict(doubt),
         "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, temperature),
@@ -244,7 +249,12 @@ def write_calibration(path: str | os.PathLike, calibration: dict, out: str | os.
         checkpoint["doubt"] = {k: (None if v is None else float(v)) for k, v in calibration["doubt"].items()}
     if calibration.get("rate_scales"):
         checkpoint["rate_scales"] = check_rate_scales(calibration["rate_scales"], "the calibration")
-    checkpoint["calibration"] = {k: v for k, v in calibration.items() if k not in ("temperature", "doubt", "rate_scales")}
+    if "metric" in calibration:  # None: plain distance was fitted, so an older metric goes
+        checkpoint.pop("metric", None)
+        if (metric := calibration["metric"]) is not None:
+            checkpoint["metric"] = check_metric(metric, len(metric.get("whitening", ())), "the calibration")
+    checkpoint["calibration"] = {k: v for k, v in calibration.items()
+                                 if k not in ("temperature", "doubt", "rate_scales", "metric")}
     out = Path(out or path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -265,17 +275,21 @@ def read_calibration(path: str | os.PathLike) -> tuple[float, Doubt | None]:
 
 def calibrate(source, *, episodes: int = CALIBRATION_EPISODES, n_way: int = CALIBRATION_WAY,
               k_shot: int = CALIBRATION_SHOT, n_query: int = 15, seed: int = 0, device: str = "auto",
-              data_dir=None, out=None, rate_episodes: int | None = None) -> dict:
+              data_dir=None, out=None, rate_episodes: int | None = None,
+              metric_episodes: int | None = None) -> dict:
     """Fit the temperature and doubt rule of a run (or checkpoint) on its validation split and write them
     into its checkpoint (or into a copy at ``out``); a learner that adapts by gradient steps first has its
-    adaptation rates fitted (``rate_episodes`` per shape and factor). Returns what
-    :func:`fit_on_validation` does, with the file written."""
+    adaptation rates fitted (``rate_episodes`` per shape and factor), a Prototypical Network its metric
+    (``metric_episodes`` per shape). Returns what :func:`fit_on_validation` does, with the file written
+    (and the metric by its shrinkage alone)."""
     path = checkpoint_file(source)
     torch_device = pick_device(device)
     config, model = runs.load_model(path, device=torch_device)
     result = fit_on_validation(model, config, n_way, k_shot, n_query, episodes, seed, torch_device, data_dir,
-                               rates=True, rate_episodes=rate_episodes)
+                               adaptation=True, rate_episodes=rate_episodes, metric_episodes=metric_episodes)
     result["checkpoint"] = str(write_calibration(path, result, out))
+    if result.get("metric"):
+        result["metric"] = {"shrinkage": result["metric"]["shrinkage"]}
     return result
 
 

@@ -60,6 +60,15 @@ def check_request(pool: ClassPool, n_way: int, k_shot: int, n_query: int) -> Non
         )
 
 
+def can_supply(pool: ClassPool, n_way: int, k_shot: int, n_query: int) -> bool:
+    """Whether ``pool`` can supply such episodes (:func:`check_request` without the reason)."""
+    try:
+        check_request(pool, n_way, k_shot, n_query)
+    except ValueError:
+        return False
+    return True
+
+
 def sample_episode(pool: ClassPool, n_way: int, k_shot: int, n_query: int, rng: np.random.Generator,
                    among: np.ndarray | None = None) -> Episode:
     """Draw one episode from ``pool`` with ``rng``; images are float32 in [0, 1] on the CPU. ``among``: the

@@ -37,7 +37,9 @@ def _model_for(model, support_x: torch.Tensor, support_y: torch.Tensor, n_way: i
 
 def embedding_function(model):
     """Images ``(n, 1, H, W)`` -> the features the model classifies, or None when it has none."""
-    if isinstance(model, (ProtoNet, MetaNet)):
+    if isinstance(model, ProtoNet):
+        return model.features
+    if isinstance(model, MetaNet):
         return model.embed
     if isinstance(model, GradientLearner):
         params = {f"encoder.{k}": v for k, v in model.encoder.named_parameters()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lab import adaptation
 from lab.adaptation import FIT_SEED, FIT_SHAPES, SCALES, adapts_by_rate, shape_key
-from lab.episodes import check_request, episode_stream
+from lab.episodes import can_supply, episode_stream
 from lab.evaluation import episode_accuracies
 
 
@@ -20,7 +20,7 @@ def fit_rate_scales(model, pool, shapes=FIT_SHAPES, scales=SCALES, n_query: int 
         raise ValueError(f"{getattr(model, 'name', type(model).__name__)} does not adapt by a gradient rate")
     episodes = episodes or adaptation.FIT_EPISODES
     fitted, accuracy = {}, {}
-    shapes = [(w, s) for w, s in shapes if _fits(pool, w, s, n_query)]
+    shapes = [(w, s) for w, s in shapes if can_supply(pool, w, s, n_query)]
     for n_way, k_shot in shapes:
         key = shape_key(n_way, k_shot)
         stream = episode_stream(pool, n_way, k_shot, n_query, episodes, seed)
@@ -34,10 +34,3 @@ def fit_rate_scales(model, pool, shapes=FIT_SHAPES, scales=SCALES, n_query: int 
     return {"rate_scales": fitted, "accuracy": accuracy, "episodes": episodes, "seed": seed,
             "scales_tried": list(scales)}
 
-
-def _fits(pool, n_way: int, k_shot: int, n_query: int) -> bool:
-    try:
-        check_request(pool, n_way, k_shot, n_query)
-    except ValueError:
-        return False
-    return True

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from lab.adaptation import adapts_by_rate, check_rate_scales
+from lab.metric import check_metric
 from lab.algorithms import build
 from lab.config import TrainConfig
 
@@ -254,6 +255,8 @@ def load_model(source: str | os.PathLike, which: str = "best", device="cpu"):
                          f"{str(err).splitlines()[0][:200]})") from None
     if "rate_scales" in checkpoint and adapts_by_rate(model):
         model.rate_scales = check_rate_scales(checkpoint["rate_scales"], f"the checkpoint {path}")
+    if "metric" in checkpoint and hasattr(model, "whitening"):
+        model.whitening = check_metric(checkpoint["metric"], model.embedding_dim, f"the checkpoint {path}")["whitening"]
     return config, model.to(device).eval()
 
 
@@ -307,7 +310,7 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, which: str =
         "best_val": checkpoint.get("best_val"),
         "exported_from": path.parent.name + "/" + path.name,
     }
-    payload |= {k: checkpoint[k] for k in ("temperature", "doubt", "calibration", "rate_scales") if k in checkpoint}
+    payload |= {k: checkpoint[k] for k in ("temperature", "doubt", "calibration", "rate_scales", "metric") if k in checkpoint}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

@@ -285,11 +285,11 @@ def _calibrate(path: Path, config: TrainConfig) -> dict:
 
     _, model = runs.load_model(path)
     try:
-        result = fit_on_validation(model, config, rates=True)
+        result = fit_on_validation(model, config, adaptation=True)
     except ValueError as err:
         return {"temperature": 1.0, "not_fitted": str(err)}
     write_calibration(path, result)
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items() if k != "doubt"}
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items() if k not in ("doubt", "metric")}
 
 
 def _validation_curve(run_dir: Path) -> list[list[float]]:

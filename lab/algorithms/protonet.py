@@ -1,7 +1,8 @@
 """Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017).
 
 Each class is represented by the mean of its support embeddings (its prototype); a query is
-classified by a softmax over negative squared Euclidean distances to the prototypes.
+classified by a softmax over negative squared Euclidean distances to the prototypes. On a new task the
+distances can be measured in a metric fitted after meta-training (:mod:`lab.metric`).
 """
 
 from __future__ import annotations
@@ -35,11 +36,23 @@ class ProtoNet(MetaLearner):
     def __init__(self, hparams: ProtoHparams, n_way: int):
         super().__init__(hparams, n_way)
         self.encoder = Conv4()
+        # The metric's whitening (d, d) of lab.metric, set from a checkpoint; not a weight, so not in the state dict.
+        self.register_buffer("whitening", None, persistent=False)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.encoder.hidden  # a 28x28 image leaves the fourth block as 1x1
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(..., n, 1, H, W)`` -> embeddings ``(..., n, d)``."""
         lead = x.shape[:-3]
         return self.encoder(x.reshape(-1, *x.shape[-3:])).reshape(*lead, -1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(..., n, 1, H, W)`` -> the vectors a new task's distances are measured between
+        ``(..., n, d)``: the embeddings, whitened when the model has a fitted metric."""
+        z = self.embed(x)
+        return z if self.whitening is None else z @ self.whitening
 
     def outer_loss(self, batch: Episode) -> StepOutput:
         n_way = batch.n_way
@@ -51,10 +64,10 @@ class ProtoNet(MetaLearner):
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Predictor:
         with torch.no_grad():
-            protos = prototypes(self.embed(support_x), support_y, n_way)
+            protos = prototypes(self.features(support_x), support_y, n_way)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             with input_grad(x):
-                return proto_logits(self.embed(x), protos, self.hparams.distance)
+                return proto_logits(self.features(x), protos, self.hparams.distance)
 
         return predict

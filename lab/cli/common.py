@@ -30,3 +30,12 @@ def on_main(world, make):
     if kind == "error":
         raise ValueError(value)
     return value
+
+
+def describe_metric(fit: dict) -> str:
+    """One line on the metric :func:`lab.metric_fit.fit_metric` chose, with its validation score against plain distance."""
+    score = fit["score"]
+    if fit["shrinkage"] is None:
+        return f"metric: plain distance ({100 * score['plain']:.2f}% on validation; no shrinkage did better)"
+    return (f"metric: whitened by meta-training's covariance, shrinkage {fit['shrinkage']:g} "
+            f"({100 * score[str(fit['shrinkage'])]:.2f}% on validation against {100 * score['plain']:.2f}% plain)")

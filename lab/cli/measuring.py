@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from lab import runs
-from lab.cli.common import print_json
+from lab.cli.common import describe_metric, print_json
 
 
 def cmd_eval(args) -> int:
@@ -182,7 +182,10 @@ def cmd_calibrate(args) -> int:
         if result.get("rate_scales"):
             print("adaptation rate, times meta-training's: "
                   + ", ".join(f"{k} x{v:g}" for k, v in result["rate_scales"].items()))
+        if "metric_fit" in result:
+            print(describe_metric(result["metric_fit"]))
     return 0
+
 
 
 def cmd_export(args) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from lab.cli.common import print_json, progress_bar
+from lab.cli.common import describe_metric, print_json, progress_bar
 
 
 def cmd_zoo(args) -> int:
@@ -58,6 +58,8 @@ def cmd_zoo(args) -> int:
         rates = ", ".join(f"{k} x{v:g}" for k, v in (c.get("rate_scales") or {}).items())
         print(f"zoo:{args.name}: T = {c['temperature']:.3f}" + (f"; adaptation rate {rates}" if rates else "")
               + "; its measurements await zoo verify --record", file=sys.stderr)
+        if "metric_fit" in c:
+            print(describe_metric(c["metric_fit"]), file=sys.stderr)
         return 0
     if args.action == "table":  # what the last verify --record measured, without measuring again
         rows = zoo_verify.recorded_rows([args.name] if args.name else None)
