@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
+from pathlib import Path
+
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -69,3 +73,18 @@ def keep_freed_memory(mmap_mb: int = 32, trim_mb: int = 256) -> bool:
         return False
     return all(mallopt(param, value) == 1 for param, value in (
         (M_MMAP_THRESHOLD, mmap_mb << 20), (M_TRIM_THRESHOLD, trim_mb << 20), (M_TOP_PAD, 16 << 20)))
+
+
+def describe_machine() -> str:
+    """This machine in words: the processor, its cores, and the GPU when there is one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = describe_device(pick_device("auto"))
+    extra = f", {gpu['name']}" if gpu["kind"] != "cpu" else ""
+    return f"{cpu}, {os.cpu_count()} cores{extra}"

@@ -31,7 +31,8 @@ from lab.config import TrainConfig
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_MODEL = ASSETS / "protonet-omniglot.pt"  # the model the lab opens with when the zoo has no drawing model
-DRAWING_MODEL = "protonet-draw"  # the zoo model that, once shipped, is the default
+# The zoo models that, once shipped, are the default: the first of them that is.
+DRAWING_MODELS = ("protonet-draw-ensemble", "protonet-draw")
 ZOO_PREFIX = "zoo:"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 STOP_FILE = "STOP"
@@ -207,12 +208,17 @@ def zoo_dir() -> Path:
     return Path(os.environ.get("LAB_ZOO_DIR") or ASSETS / "zoo")
 
 
+def drawing_model() -> str | None:
+    """The name of the zoo's drawing model that ``default`` names: the first of :data:`DRAWING_MODELS` shipped."""
+    return next((name for name in DRAWING_MODELS if (zoo_dir() / f"{name}.pt").is_file()), None)
+
+
 def default_model() -> Path:
-    """The file ``default`` names: the zoo's drawing model (:data:`DRAWING_MODEL`) when it is shipped,
+    """The file ``default`` names: the zoo's drawing model (:func:`drawing_model`) when one is shipped,
     else the model shipped in ``assets/`` (:data:`DEFAULT_MODEL`)."""
-    drawing = zoo_dir() / f"{DRAWING_MODEL}.pt"
-    if drawing.is_file():
-        return drawing
+    drawing = drawing_model()
+    if drawing:
+        return zoo_dir() / f"{drawing}.pt"
     if not DEFAULT_MODEL.is_file():
         raise ValueError(f"the shipped model {DEFAULT_MODEL} is missing: rebuild it as assets/README.md says")
     return DEFAULT_MODEL
@@ -237,14 +243,21 @@ def resolve_source(source: str | os.PathLike) -> Path:
     return Path(source)
 
 
-def load_model(source: str | os.PathLike, which: str = "best", device="cpu"):
-    """(config, model) from a run folder's ``best.pt``/``last.pt``, a checkpoint file, or a name that
-    :func:`resolve_source` knows (``default``, ``zoo:NAME``)."""
+def checkpoint_path(source: str | os.PathLike, which: str = "best") -> Path:
+    """The checkpoint file ``source`` names: a run folder's ``which``.pt (``last.pt`` when there is none yet),
+    or a file, or a name :func:`resolve_source` knows."""
     path = resolve_source(source)
     if path.is_dir():
         path = path / f"{which}.pt"
         if not path.exists():
             path = path.with_name("last.pt")
+    return path
+
+
+def load_model(source: str | os.PathLike, which: str = "best", device="cpu"):
+    """(config, model) from a run folder's ``best.pt``/``last.pt``, a checkpoint file, or a name that
+    :func:`resolve_source` knows (``default``, ``zoo:NAME``)."""
+    path = checkpoint_path(source, which)
     checkpoint = load_checkpoint(path, map_location=device)
     try:
         config = TrainConfig.from_dict(checkpoint["config"])
@@ -297,11 +310,7 @@ def list_runs(runs_dir: str | os.PathLike) -> list[dict]:
 def export_model(source: str | os.PathLike, out: str | os.PathLike, which: str = "best") -> dict:
     """Write a run's checkpoint without its optimiser and RNG state: the weights, the config, and where
     they came from. The file loads with :func:`load_model` like any checkpoint."""
-    path = resolve_source(source)
-    if path.is_dir():
-        path = path / f"{which}.pt"
-        if not path.exists():
-            path = path.with_name("last.pt")
+    path = checkpoint_path(source, which)
     checkpoint = load_checkpoint(path)
     payload = {
         "config": checkpoint["config"],
@@ -316,4 +325,7 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, which: str =
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, out)
-    return {k: v for k, v in payload.items() if k != "model"} | {"out": str(out), "bytes": out.stat().st_size}
+    described = {k: v for k, v in payload.items() if k != "model"}
+    if "metric" in described:  # by its shrinkage: the matrix is the file's
+        described["metric"] = {"shrinkage": described["metric"]["shrinkage"]}
+    return described | {"out": str(out), "bytes": out.stat().st_size}

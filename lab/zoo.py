@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 from lab import runs
 from lab.config import TrainConfig
 from lab.data import SPLIT_SCHEMES
-from lab.device import describe_device, pick_device
+from lab.device import describe_machine
 from lab.experts import train_clustered
 from lab.training import check_config, train as train_run
 
@@ -54,6 +53,7 @@ class Recipe:
     published: dict
     floors: dict
     tasks: tuple[str, ...] = tuple(TASKS)  # the rows of the reproduction table
+    join: tuple[str, ...] = ()  # recipes whose shipped models it joins into one (lab.zoo_join), instead of training
 
     @property
     def protocol(self) -> str:
@@ -73,8 +73,19 @@ def recipes() -> dict[str, Recipe]:
         unknown = set(tasks) - set(TASKS) - set(TRANSFER) - set(CALIBRATION_TASKS)
         if unknown:
             raise ValueError(f"recipe {name}: unknown task(s) {', '.join(sorted(unknown))}")
-        out[name] = Recipe(name, entry["summary"], entry.get("paper", ""), TrainConfig(**entry["config"]),
-                           entry.get("published", {}), entry.get("floors", {}), tasks)
+        join = tuple(entry.get("join", ()))
+        if join:  # the first member's config, with a tower for each member's
+            missing = [m for m in join if m not in out]
+            if missing or len(join) < 2:
+                raise ValueError(f"recipe {name}: joins {', '.join(join)}; it needs two or more recipes declared "
+                                 "before it")
+            first = out[join[0]].config
+            config = first.replace(hparams={**first.hparams, "towers": sum(out[m].config.hparams.get("towers", 1)
+                                                                               for m in join)})
+        else:
+            config = TrainConfig(**entry["config"])
+        out[name] = Recipe(name, entry["summary"], entry.get("paper", ""), config, entry.get("published", {}),
+                           entry.get("floors", {}), tasks, join)
     return out
 
 
@@ -112,21 +123,6 @@ def check_model(name: str) -> dict:
     return manifest
 
 
-def machine() -> str:
-    """This machine in words: the processor, its cores, and the GPU when there is one."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = describe_device(pick_device("auto"))
-    extra = f", {gpu['name']}" if gpu["kind"] != "cpu" else ""
-    return f"{cpu}, {os.cpu_count()} cores{extra}"
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -158,6 +154,9 @@ def train(name: str, minutes: float | None = None, runs_dir=None, device: str = 
           steps: int | None = None) -> Iterator[dict]:
     """Train recipe ``name`` as a new run (from the shipped model if any), for at most ``minutes`` of
     this sitting, then ship its best checkpoint. Yields the training's records, then the manifest."""
+    if recipe(name).join:
+        raise ValueError(f"zoo:{name} is not trained: it joins {', '.join(recipe(name).join)} (python -m lab zoo train "
+                         f"{name} joins them once they are shipped)")
     config = recipe_config(name, device, steps)
     check_config(config)
     run_dir = runs.create_run(runs_dir or runs.default_runs_dir(), config,
@@ -203,6 +202,8 @@ def _shipped_of_recipe(rec: Recipe) -> dict:
 def ship(name: str, run_dir) -> dict:
     """Write the best checkpoint of ``run_dir`` (a run of recipe ``name``) into the zoo, with its manifest."""
     rec, run_dir = recipe(name), Path(run_dir)
+    if rec.join:
+        raise ValueError(f"zoo:{name} ships no run: it joins the shipped {', '.join(rec.join)} (python -m lab zoo train {name})")
     config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json") or {})
     _check_fits(rec, config)
     previous = _shipped_of_recipe(rec)
@@ -228,10 +229,10 @@ def ship(name: str, run_dir) -> dict:
         tmp.unlink()
         raise ValueError(f"zoo:{name} would take {exported['bytes']:,} bytes: the caps are {MAX_MODEL_BYTES:,} a "
                          f"model and {MAX_ZOO_BYTES:,} in all ({others:,} taken)")
-    calibration = _calibrate(tmp, config)
+    calibration = calibrate_file(tmp, config)
     os.replace(tmp, out)
     sittings.append({"run": run_dir.name, "from_step": from_step, "to_step": status.get("step"),
-                     "wall_s": round(status.get("elapsed_s") or 0.0, 1), "machine": machine(),
+                     "wall_s": round(status.get("elapsed_s") or 0.0, 1), "machine": describe_machine(),
                      "device": status.get("device"), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                      "curve": _validation_curve(run_dir)})
     manifest = {
@@ -256,7 +257,7 @@ def recalibrate(name: str) -> dict:
     tmp = path.with_name(f".{path.name}.new")
     shutil.copyfile(path, tmp)
     try:
-        calibration = _calibrate(tmp, config)
+        calibration = calibrate_file(tmp, config)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -276,7 +277,7 @@ def _worse_than_shipped(best_val, previous: dict) -> str | None:
     return None
 
 
-def _calibrate(path: Path, config: TrainConfig) -> dict:
+def calibrate_file(path: Path, config: TrainConfig) -> dict:
     """Fit the temperature and doubt rule of the checkpoint at ``path`` on its recipe's own validation split
     (:func:`lab.calibration.fit_on_validation`: 10-way 5-shot episodes, fewer ways where the split has
     fewer classes) and write them into it. Returns how they were fitted, for the manifest; a split too

@@ -11,12 +11,12 @@ from lab.algorithms.inner import sgd
 from lab.calibration import evaluate_calibration
 from lab.clustering import cluster_report
 from lab.data import load_dataset
-from lab.device import pick_device
+from lab.device import describe_machine, pick_device
 from lab.episodes import episode_stream
 from lab.evaluation import episode_accuracies, meta_test, paired_comparison
 from lab.experts import compare_on_source
 from lab.lake import lake_error
-from lab.zoo import (CALIBRATION_TASKS, LOWER_IS_BETTER, TASKS, TRANSFER, check_model, machine, manifest_path,
+from lab.zoo import (CALIBRATION_TASKS, LOWER_IS_BETTER, TASKS, TRANSFER, check_model, manifest_path,
                      model_path, read_manifest, recipe, recipes)
 
 
@@ -103,7 +103,7 @@ def verify_model(name: str, episodes: int = 1000, device: str = "auto", lake_run
         rows.extend(_cluster_rows(name, model, rec, episodes, torch_device, config.strokes))
     keep = ("value", "ci95", "episodes", "suggested_k", "k", "temperature")
     manifest["measured"] = {r["task"]: {k: r[k] for k in keep if k in r} for r in rows}
-    manifest["measured_on"] = machine()
+    manifest["measured_on"] = describe_machine()
     manifest["measured_at"] = time.strftime("%Y-%m-%d")
     return rows, manifest
 

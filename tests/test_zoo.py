@@ -301,8 +301,49 @@ def test_the_shipped_zoo_is_whole_and_within_its_size_caps(monkeypatch):
 
 
 def test_default_names_the_zoo_drawing_model_once_it_is_shipped_and_the_assets_model_before(tiny_zoo):
-    assert runs.resolve_source("default") == runs.DEFAULT_MODEL
-    drawing = zoo.model_path(runs.DRAWING_MODEL)
-    drawing.parent.mkdir(parents=True, exist_ok=True)
-    drawing.write_bytes(runs.DEFAULT_MODEL.read_bytes())
-    assert runs.resolve_source("default") == drawing
+    assert runs.resolve_source("default") == runs.DEFAULT_MODEL and runs.drawing_model() is None
+    single, joined = (zoo.model_path(name) for name in ("protonet-draw", "protonet-draw-ensemble"))
+    single.parent.mkdir(parents=True, exist_ok=True)
+    single.write_bytes(runs.DEFAULT_MODEL.read_bytes())
+    assert runs.resolve_source("default") == single
+    joined.write_bytes(runs.DEFAULT_MODEL.read_bytes())  # the ensemble, once shipped, comes first
+    assert runs.resolve_source("default") == joined and runs.drawing_model() == "protonet-draw-ensemble"
+
+
+def test_a_joined_recipe_ships_its_members_as_one_model_only_when_it_validates_as_well_as_the_best(
+        tmp_path, monkeypatch):
+    from lab import zoo_join
+
+    seeded = {**TINY, "config": {**TINY["config"], "seed": 1}}
+    pair = {"summary": "tiny and tiny-seed1 joined", "paper": "test", "join": ["tiny", "tiny-seed1"],
+            "published": {}, "floors": {"5w1s": 0.0}, "tasks": ["5w1s"]}
+    recipes = tmp_path / "recipes.json"
+    recipes.write_text(json.dumps({"tiny": TINY, "tiny-seed1": seeded, "pair": pair}))
+    monkeypatch.setattr(zoo, "RECIPES_FILE", recipes)
+    monkeypatch.setenv("LAB_ZOO_DIR", str(tmp_path / "zoo"))
+    assert zoo.recipe("pair").config.hparams["towers"] == 2 and zoo.recipe("pair").config.seed == 0
+    with pytest.raises(ValueError, match="zoo:pair is not trained: it joins tiny, tiny-seed1"):
+        list(zoo.train("pair", runs_dir=tmp_path / "runs"))
+    list(zoo.train("tiny", runs_dir=tmp_path / "runs", steps=3))
+    with pytest.raises(ValueError, match=r"zoo:tiny-seed1 is not shipped yet"):
+        zoo_join.train_joined("pair", episodes=20)
+    list(zoo.train("tiny-seed1", runs_dir=tmp_path / "runs", steps=3))
+
+    # The same validation episodes for the members and the joined model decide whether it ships.
+    with monkeypatch.context() as worse:  # a joined model that validates below its best member
+        worse.setattr(zoo_join, "meta_test", lambda model, *a, **k: {"accuracy": 0.5 if len(model.more_towers) else 0.6})
+        with pytest.raises(ValueError, match=r"zoo:pair stays as it was: joined, its members answer 50.00% .* below"):
+            zoo_join.train_joined("pair", episodes=20)
+    assert not zoo.model_path("pair").exists() and not list((tmp_path / "zoo").glob(".*"))
+
+    manifest = zoo_join.train_joined("pair", episodes=20)
+    assert manifest == zoo.check_model("pair")
+    assert [m["name"] for m in manifest["members"]] == ["tiny", "tiny-seed1"]
+    assert manifest["val_accuracy"] >= max(m["val_accuracy"] for m in manifest["members"])
+    assert manifest["members"][1]["sha256"] == zoo.sha256(zoo.model_path("tiny-seed1"))
+    config, model = runs.load_model("zoo:pair")
+    assert config.hparams["towers"] == 2 and "temperature" in runs.load_checkpoint(zoo.model_path("pair"))
+    with pytest.raises(ValueError, match="ships no run: it joins the shipped tiny, tiny-seed1"):
+        zoo.ship("pair", tmp_path / "runs")
+    rows = zoo_verify.verify(["pair"], episodes=10)
+    assert [r["task"] for r in rows] == ["5w1s"] and rows[0]["passed"]

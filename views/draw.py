@@ -39,7 +39,7 @@ def model_choices() -> dict[str, str]:
     """Label -> source: the default model, the zoo's other models, the model shipped in assets/ when it is
     not the default, then every run that has a checkpoint."""
     models = zoo.shipped()
-    drawing = next((z for z in models if z["name"] == runs.DRAWING_MODEL), None)
+    drawing = next((z for z in models if z["name"] == runs.drawing_model()), None)
     if drawing:
         choices = {f"Default: {drawing['label'].removeprefix('Zoo: ')}": "default"}
         choices.update({z["label"]: z["source"] for z in models if z is not drawing})

@@ -8,20 +8,23 @@ distances can be measured in a metric fitted after meta-training (:mod:`lab.metr
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lab.algorithms.base import MetaLearner, Predictor, StepOutput, input_grad, register
 from lab.episodes import Episode
-from lab.fields import check_fields
+from lab.fields import check_fields, number
 from lab.models import Conv4, proto_logits, prototypes  # noqa: F401  (the metric of this module)
 
 
 @dataclass(frozen=True)
 class ProtoHparams:
     distance: Literal["euclidean", "cosine"] = "euclidean"  # squared Euclidean (the paper's choice) or cosine
+    towers: int = number(1, low=1, high=8)  # Conv4 encoders side by side, their squared distances averaged: an ensemble in one network
 
     def __post_init__(self):
         check_fields(self)
@@ -36,17 +39,22 @@ class ProtoNet(MetaLearner):
     def __init__(self, hparams: ProtoHparams, n_way: int):
         super().__init__(hparams, n_way)
         self.encoder = Conv4()
+        self.more_towers = nn.ModuleList(Conv4() for _ in range(hparams.towers - 1))
         # The metric's whitening (d, d) of lab.metric, set from a checkpoint; not a weight, so not in the state dict.
         self.register_buffer("whitening", None, persistent=False)
 
     @property
     def embedding_dim(self) -> int:
-        return self.encoder.hidden  # a 28x28 image leaves the fourth block as 1x1
+        return self.encoder.hidden * self.hparams.towers  # a 28x28 image leaves the fourth block as 1x1
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(..., n, 1, H, W)`` -> embeddings ``(..., n, d)``."""
-        lead = x.shape[:-3]
-        return self.encoder(x.reshape(-1, *x.shape[-3:])).reshape(*lead, -1)
+        """Images ``(..., n, 1, H, W)`` -> embeddings ``(..., n, d)``: with several towers, theirs joined and
+        scaled by 1/sqrt(towers), so that a squared distance is the mean of the towers' squared distances."""
+        lead, flat = x.shape[:-3], x.reshape(-1, *x.shape[-3:])
+        if not len(self.more_towers):
+            return self.encoder(flat).reshape(*lead, -1)
+        z = torch.cat([self.encoder(flat), *(tower(flat) for tower in self.more_towers)], -1)
+        return (z / math.sqrt(self.hparams.towers)).reshape(*lead, -1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(..., n, 1, H, W)`` -> the vectors a new task's distances are measured between

@@ -1,4 +1,4 @@
-"""Commands that measure and use a model: ``eval``, ``compare``, ``cluster``, ``predict``, ``calibrate``, ``export``."""
+"""Commands that measure and use a model: ``eval``, ``compare``, ``cluster``, ``predict``, ``calibrate``, ``export``, ``ensemble``."""
 
 from __future__ import annotations
 
@@ -194,4 +194,16 @@ def cmd_export(args) -> int:
         print_json(result)
     else:
         print(f"{result['out']}: {result['bytes']:,} bytes, step {result['step']} of {result['exported_from']}")
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from lab.ensemble import join_protonets
+
+    result = join_protonets(args.members, args.out)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{result['out']}: {result['towers']} towers from {len(result['members'])} models, {result['bytes']:,} bytes; "
+              f"fit its metric and temperature with: python -m lab calibrate {result['out']}")
     return 0

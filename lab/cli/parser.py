@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from lab.cli.measuring import cmd_calibrate, cmd_cluster, cmd_compare, cmd_eval, cmd_export, cmd_predict
+from lab.cli.measuring import (cmd_calibrate, cmd_cluster, cmd_compare, cmd_ensemble, cmd_eval, cmd_export,
+                               cmd_predict)
 from lab.cli.tools import cmd_bench, cmd_sweep, cmd_zoo
 from lab.cli.training import cmd_datasets, cmd_resume, cmd_run, cmd_runs, cmd_train_any
 from lab.clustering import EMBEDDINGS, SOURCES
@@ -172,6 +173,13 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--which", default="best", choices=("best", "last"))
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("ensemble", help="join Prototypical Networks trained apart into one whose squared distances "
+                       "average theirs (calibrate it afterwards)")
+    q.add_argument("members", nargs="+", help="two or more run folders, checkpoint files or zoo:NAME models")
+    q.add_argument("--out", required=True, help="the checkpoint file to write")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_ensemble)
 
     q = sub.add_parser("cluster", help="embed tasks, K-means them, score the clusters against the true groups")
     common(q)

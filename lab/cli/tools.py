@@ -9,7 +9,7 @@ from lab.cli.common import describe_metric, print_json, progress_bar
 
 
 def cmd_zoo(args) -> int:
-    from lab import zoo, zoo_verify
+    from lab import zoo, zoo_join, zoo_verify
 
     if args.action == "list":
         rows = zoo.status()
@@ -29,6 +29,12 @@ def cmd_zoo(args) -> int:
     if args.action == "train":
         if not args.name:
             raise ValueError("zoo train needs a recipe name")
+        if zoo.recipe(args.name).join:
+            m = zoo_join.train_joined(args.name, device=args.device)
+            members = ", ".join(f"{x['name']} {100 * x['val_accuracy']:.2f}%" for x in m["members"])
+            print(f"shipped zoo:{args.name}: meta-validation {100 * m['val_accuracy']:.2f}% (joined: {members}), "
+                  f"{m['bytes']:,} bytes", file=sys.stderr)
+            return 0
         bar = None
         for record in zoo.train(args.name, args.minutes, args.runs_dir, args.device, args.steps):
             if "run_dir" in record:

@@ -1,0 +1,66 @@
+"""Zoo recipes that join shipped models into one instead of training (``"join"`` in ``recipes.json``).
+
+``python -m lab zoo train NAME`` on such a recipe joins its members' shipped Prototypical Networks
+(:func:`lab.ensemble.join_protonets`), and ships the result only when it answers the recipe's own
+meta-validation episodes at least as well as its best member, the same episodes for all; then it is
+calibrated like every zoo model and its manifest records its members (their steps and sha256).
+"""
+
+from __future__ import annotations
+
+import os
+
+from lab import runs, zoo
+from lab.data import load_dataset
+from lab.device import pick_device
+from lab.ensemble import join_protonets
+from lab.evaluation import meta_test
+
+VALIDATION_EPISODES = 1000
+
+
+def train_joined(name: str, episodes: int = VALIDATION_EPISODES, device: str = "auto") -> dict:
+    """Join recipe ``name``'s shipped members, validate, calibrate and ship; returns the manifest."""
+    rec = zoo.recipe(name)
+    if not rec.join:
+        raise ValueError(f"zoo:{name} is trained, not joined: python -m lab zoo train {name}")
+    manifests = {member: zoo.check_model(member) for member in rec.join}  # each shipped and whole
+    out = zoo.model_path(name)
+    tmp = out.with_name(f".{out.name}.new")
+    torch_device = pick_device(device)
+    try:
+        joined = join_protonets([f"{runs.ZOO_PREFIX}{m}" for m in rec.join], tmp)
+        others = sum(p.stat().st_size for p in out.parent.glob("*.pt") if p != out)
+        if joined["bytes"] > zoo.MAX_MODEL_BYTES or others + joined["bytes"] > zoo.MAX_ZOO_BYTES:
+            raise ValueError(f"zoo:{name} would take {joined['bytes']:,} bytes: the caps are {zoo.MAX_MODEL_BYTES:,} "
+                             f"a model and {zoo.MAX_ZOO_BYTES:,} in all ({others:,} taken)")
+        config = rec.config
+        pool = load_dataset(config.dataset, None, config.split_scheme, config.strokes).pool("val")
+
+        def validate(source) -> float:
+            model = runs.load_model(source, device=torch_device)[1]
+            return meta_test(model, pool, config.n_way, config.k_shot, 15, episodes, 0, torch_device)["accuracy"]
+
+        members = {m: validate(zoo.model_path(m)) for m in rec.join}
+        accuracy = validate(tmp)
+        best = max(members, key=members.get)
+        if accuracy < members[best]:
+            raise ValueError(f"zoo:{name} stays as it was: joined, its members answer {100 * accuracy:.2f}% of "
+                             f"{episodes} validation episodes, below zoo:{best}'s {100 * members[best]:.2f}%")
+        calibration = zoo.calibrate_file(tmp, config)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest = {
+        "name": name, "recipe": rec.summary, "paper": rec.paper, "config": joined["config"],
+        "step": max(m["step"] for m in manifests.values()), "val_accuracy": accuracy,
+        "validated_on": {"split": "val", "n_way": config.n_way, "k_shot": config.k_shot, "n_query": 15,
+                         "episodes": episodes, "seed": 0},
+        "members": [{"name": m, "step": manifests[m]["step"], "sha256": manifests[m]["sha256"],
+                     "val_accuracy": members[m]} for m in rec.join],
+        "wall_time_s": round(sum(manifests[m].get("wall_time_s") or 0.0 for m in rec.join), 1),
+        "sittings": [], "calibration": calibration, "bytes": out.stat().st_size, "sha256": zoo.sha256(out),
+        "measured": {},
+    }
+    runs.write_json(zoo.manifest_path(name), manifest)
+    return manifest
