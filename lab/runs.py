@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from lab.adaptation import adapts_by_rate, check_rate_scales
-from lab.metric import check_metric
 from lab.algorithms import build
 from lab.config import TrainConfig
+from lab.metric import check_metric
 
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

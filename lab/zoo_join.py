@@ -1,26 +1,32 @@
 """Zoo recipes that join shipped models into one instead of training (``"join"`` in ``recipes.json``).
 
 ``python -m lab zoo train NAME`` on such a recipe joins its members' shipped Prototypical Networks
-(:func:`lab.ensemble.join_protonets`), and ships the result only when it answers the recipe's own
-meta-validation episodes at least as well as its best member, the same episodes for all; then it is
-calibrated like every zoo model and its manifest records its members (their steps and sha256).
+(:func:`lab.ensemble.join_protonets`), calibrates the result like every zoo model (its metric, then
+its temperature), and ships it only when it answers meta-validation episodes of the recipe's split at
+least as well as its best member does as shipped: the mean accuracy over the task shapes the metric is
+fitted on (5, 10 and 20 ways, 1 and 5 shots), the same episodes for every model. Its manifest records
+its members (their steps and sha256) and every model's score.
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from lab import runs, zoo
+from lab.adaptation import FIT_SHAPES, shape_key
 from lab.data import load_dataset
 from lab.device import pick_device
 from lab.ensemble import join_protonets
+from lab.episodes import can_supply
 from lab.evaluation import meta_test
 
-VALIDATION_EPISODES = 1000
+VALIDATION_EPISODES = 300  # per task shape
 
 
 def train_joined(name: str, episodes: int = VALIDATION_EPISODES, device: str = "auto") -> dict:
-    """Join recipe ``name``'s shipped members, validate, calibrate and ship; returns the manifest."""
+    """Join recipe ``name``'s shipped members, calibrate, validate and ship; returns the manifest."""
     rec = zoo.recipe(name)
     if not rec.join:
         raise ValueError(f"zoo:{name} is trained, not joined: python -m lab zoo train {name}")
@@ -28,33 +34,34 @@ def train_joined(name: str, episodes: int = VALIDATION_EPISODES, device: str = "
     out = zoo.model_path(name)
     tmp = out.with_name(f".{out.name}.new")
     torch_device = pick_device(device)
+    config = rec.config
+    pool = load_dataset(config.dataset, None, config.split_scheme, config.strokes).pool("val")
+    shapes = [shape for shape in FIT_SHAPES if can_supply(pool, *shape, 15)]
+
+    def validate(path) -> float:
+        model = runs.load_model(path, device=torch_device)[1]
+        return float(np.mean([meta_test(model, pool, w, k, 15, episodes, 0, torch_device)["accuracy"] for w, k in shapes]))
+
     try:
         joined = join_protonets([f"{runs.ZOO_PREFIX}{m}" for m in rec.join], tmp)
         others = sum(p.stat().st_size for p in out.parent.glob("*.pt") if p != out)
         if joined["bytes"] > zoo.MAX_MODEL_BYTES or others + joined["bytes"] > zoo.MAX_ZOO_BYTES:
             raise ValueError(f"zoo:{name} would take {joined['bytes']:,} bytes: the caps are {zoo.MAX_MODEL_BYTES:,} "
                              f"a model and {zoo.MAX_ZOO_BYTES:,} in all ({others:,} taken)")
-        config = rec.config
-        pool = load_dataset(config.dataset, None, config.split_scheme, config.strokes).pool("val")
-
-        def validate(source) -> float:
-            model = runs.load_model(source, device=torch_device)[1]
-            return meta_test(model, pool, config.n_way, config.k_shot, 15, episodes, 0, torch_device)["accuracy"]
-
+        calibration = zoo.calibrate_file(tmp, config)
         members = {m: validate(zoo.model_path(m)) for m in rec.join}
         accuracy = validate(tmp)
         best = max(members, key=members.get)
         if accuracy < members[best]:
-            raise ValueError(f"zoo:{name} stays as it was: joined, its members answer {100 * accuracy:.2f}% of "
-                             f"{episodes} validation episodes, below zoo:{best}'s {100 * members[best]:.2f}%")
-        calibration = zoo.calibrate_file(tmp, config)
+            raise ValueError(f"zoo:{name} stays as it was: joined, the models answer {100 * accuracy:.2f}% of the "
+                             f"validation episodes, below zoo:{best}'s {100 * members[best]:.2f}% alone")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     manifest = {
         "name": name, "recipe": rec.summary, "paper": rec.paper, "config": joined["config"],
         "step": max(m["step"] for m in manifests.values()), "val_accuracy": accuracy,
-        "validated_on": {"split": "val", "n_way": config.n_way, "k_shot": config.k_shot, "n_query": 15,
+        "validated_on": {"split": "val", "shapes": [shape_key(w, k) for w, k in shapes], "n_query": 15,
                          "episodes": episodes, "seed": 0},
         "members": [{"name": m, "step": manifests[m]["step"], "sha256": manifests[m]["sha256"],
                      "val_accuracy": members[m]} for m in rec.join],

@@ -55,3 +55,17 @@ def digits():
     from lab.data import load_dataset
 
     return load_dataset("digits")
+
+
+def train_tiny(folder: Path, name: str = "tiny", **fields) -> Path:
+    """A run of a few steps on the bundled digits, trained to its end: a ProtoNet unless ``fields`` say
+    otherwise (they replace the config's fields)."""
+    from lab import runs
+    from lab.config import TrainConfig
+    from lab.training import train
+
+    config = TrainConfig(**{"dataset": "digits", "n_query": 5, "steps": 3, "val_every": 3, "val_episodes": 5, **fields})
+    run_dir = runs.create_run(folder, config, name)
+    for _ in train(config, run_dir):
+        pass
+    return run_dir

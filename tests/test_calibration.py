@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import train_tiny
 from lab import runs
 from lab.calibration import (
     Doubt, calibrate, ece_interval, episode_logits, expected_calibration_error, fit_doubt, fit_temperature, nll,
@@ -118,15 +119,7 @@ def test_a_query_far_from_every_class_is_unsure_however_sure_the_softmax_is():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from lab.config import TrainConfig
-    from lab.training import train
-
-    folder = tmp_path_factory.mktemp("runs")
-    config = TrainConfig(dataset="digits", n_query=5, steps=3, val_every=3, val_episodes=5)
-    run_dir = runs.create_run(folder, config, "tiny")
-    for _ in train(config, run_dir):
-        pass
-    return run_dir
+    return train_tiny(tmp_path_factory.mktemp("runs"))
 
 
 def test_calibrating_a_run_writes_its_temperature_into_the_checkpoint_and_keeps_every_other_key(tiny_run):

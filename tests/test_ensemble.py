@@ -4,6 +4,7 @@ mean of its members' logits, and the joined checkpoint loads, calibrates and exp
 import pytest
 import torch
 
+from conftest import train_tiny
 from lab import runs
 from lab.algorithms import build
 from lab.cli import main
@@ -20,21 +21,11 @@ def episode(n_way=5, k_shot=2):
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
     """Three tiny ProtoNet runs on the digits from three seeds, and a MAML run."""
-    from lab.training import train
-
     folder = tmp_path_factory.mktemp("runs")
-    out = {}
-    for name, config in {
-        "a": TrainConfig(dataset="digits", n_query=5, steps=2, val_every=2, val_episodes=3, seed=0),
-        "b": TrainConfig(dataset="digits", n_query=5, steps=2, val_every=2, val_episodes=3, seed=1),
-        "c": TrainConfig(dataset="digits", n_query=5, steps=2, val_every=2, val_episodes=3, seed=2),
-        "maml": TrainConfig(algorithm="maml", dataset="digits", n_query=5, steps=1, val_every=1, val_episodes=2,
-                            hparams={"inner_steps": 1}),
-    }.items():
-        run_dir = runs.create_run(folder, config, name)
-        for _ in train(config, run_dir):
-            pass
-        out[name] = run_dir
+    out = {name: train_tiny(folder, name, steps=2, val_every=2, val_episodes=3, seed=seed)
+           for name, seed in (("a", 0), ("b", 1), ("c", 2))}
+    out["maml"] = train_tiny(folder, "maml", algorithm="maml", steps=1, val_every=1, val_episodes=2,
+                             hparams={"inner_steps": 1})
     return out
 
 

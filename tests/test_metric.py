@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from conftest import train_tiny
 from lab import runs
 from lab.algorithms import build
 from lab.calibration import calibrate
@@ -117,13 +118,7 @@ def test_a_shrinkage_that_changes_nothing_ties_with_plain_distance_and_plain_dis
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from lab.training import train
-
-    config = TrainConfig(dataset="digits", n_query=5, steps=3, val_every=3, val_episodes=5)
-    run_dir = runs.create_run(tmp_path_factory.mktemp("runs"), config, "tiny-proto")
-    for _ in train(config, run_dir):
-        pass
-    return run_dir
+    return train_tiny(tmp_path_factory.mktemp("runs"))
 
 
 def test_calibrating_a_protonet_fits_its_metric_and_the_checkpoint_carries_it(tiny_run, tmp_path):

@@ -332,7 +332,8 @@ def test_a_joined_recipe_ships_its_members_as_one_model_only_when_it_validates_a
     # The same validation episodes for the members and the joined model decide whether it ships.
     with monkeypatch.context() as worse:  # a joined model that validates below its best member
         worse.setattr(zoo_join, "meta_test", lambda model, *a, **k: {"accuracy": 0.5 if len(model.more_towers) else 0.6})
-        with pytest.raises(ValueError, match=r"zoo:pair stays as it was: joined, its members answer 50.00% .* below"):
+        with pytest.raises(ValueError, match=r"zoo:pair stays as it was: joined, the models answer 50.00% "
+                                             r".* below zoo:tiny.s 60.00% alone"):
             zoo_join.train_joined("pair", episodes=20)
     assert not zoo.model_path("pair").exists() and not list((tmp_path / "zoo").glob(".*"))
 

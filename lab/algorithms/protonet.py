@@ -7,8 +7,8 @@ distances can be measured in a metric fitted after meta-training (:mod:`lab.metr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
