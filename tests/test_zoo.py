@@ -329,18 +329,28 @@ def test_a_joined_recipe_ships_its_members_as_one_model_only_when_it_validates_a
         zoo_join.train_joined("pair", episodes=20)
     list(zoo.train("tiny-seed1", runs_dir=tmp_path / "runs", steps=3))
 
-    # The same validation episodes for the members and the joined model decide whether it ships.
-    with monkeypatch.context() as worse:  # a joined model that validates below its best member
-        worse.setattr(zoo_join, "meta_test", lambda model, *a, **k: {"accuracy": 0.5 if len(model.more_towers) else 0.6})
-        with pytest.raises(ValueError, match=r"zoo:pair stays as it was: joined, the models answer 50.00% "
-                                             r".* below zoo:tiny.s 60.00% alone"):
-            zoo_join.train_joined("pair", episodes=20)
-    assert not zoo.model_path("pair").exists() and not list((tmp_path / "zoo").glob(".*"))
+    # The validation runs for real, on the same episodes for every model; setting the joined model's
+    # scores shows both decisions: ship only beyond the interval of the paired difference to the best member.
+    real = zoo_join.meta_test
 
+    def joined_scores(value):
+        def meta_test(model, *args, **kwargs):
+            result = real(model, *args, **kwargs)
+            if len(model.more_towers):
+                result["per_episode"] = np.full_like(result["per_episode"], value)
+            return result
+        return meta_test
+
+    monkeypatch.setattr(zoo_join, "meta_test", joined_scores(0.0))
+    with pytest.raises(ValueError, match=r"zoo:pair: the joined model is not shipped: joined, the models answer 0.00% "
+                                         r".* from zoo:tiny.* alone, not beyond the interval"):
+        zoo_join.train_joined("pair", episodes=20)
+    assert not zoo.model_path("pair").exists() and not list((tmp_path / "zoo").glob(".*"))
+    monkeypatch.setattr(zoo_join, "meta_test", joined_scores(1.0))
     manifest = zoo_join.train_joined("pair", episodes=20)
     assert manifest == zoo.check_model("pair")
     assert [m["name"] for m in manifest["members"]] == ["tiny", "tiny-seed1"]
-    assert manifest["val_accuracy"] >= max(m["val_accuracy"] for m in manifest["members"])
+    assert manifest["val_accuracy"] == 1.0 and manifest["val_gain"]["difference"] > manifest["val_gain"]["ci95"]
     assert manifest["members"][1]["sha256"] == zoo.sha256(zoo.model_path("tiny-seed1"))
     config, model = runs.load_model("zoo:pair")
     assert config.hparams["towers"] == 2 and "temperature" in runs.load_checkpoint(zoo.model_path("pair"))
