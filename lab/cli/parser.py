@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("zoo", help="the model zoo: recipes, training them, shipping and verifying their models")
     q.add_argument("action", choices=("list", "status", "train", "ship", "calibrate", "verify", "table", "curve"))
     q.add_argument("name", nargs="?", help="a recipe (verify, table, curve: all when absent; table prints the rows "
-                   "verify --record last measured; curve, the meta-validation accuracy against steps and hours; calibrate fits a shipped model's adaptation rates and temperature again)")
+                   "verify --record last measured; curve, the meta-validation accuracy against steps and hours; calibrate fits a shipped model's adaptation rates or metric, and temperature, again)")
     q.add_argument("--minutes", type=float, help="train: stop this sitting after so many minutes (the schedule "
                    "follows the recipe's steps)")
     q.add_argument("--steps", type=int, help="train: the total steps to reach (default: the recipe's)")
@@ -154,8 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_predict)
 
     q = sub.add_parser("calibrate", help="fit a temperature and a doubt rule (and, for a learner that adapts by "
-                       "gradient steps, its adaptation rate per task shape) on the run's validation split and "
-                       "write them into its checkpoint")
+                       "gradient steps, its adaptation rate per task shape; for a Prototypical Network, its metric) "
+                       "on the run's validation split and write them into its checkpoint")
     common(q)
     q.add_argument("run", help="a run folder or a checkpoint file")
     q.add_argument("--episodes", type=int, default=200, help="validation episodes to fit on")
