@@ -39,13 +39,14 @@ class ProtoNet(MetaLearner):
     def __init__(self, hparams: ProtoHparams, n_way: int):
         super().__init__(hparams, n_way)
         self.encoder = Conv4()
-        self.more_towers = nn.ModuleList(Conv4() for _ in range(hparams.towers - 1))
+        self.towers = getattr(hparams, "towers", 1)  # a subclass's own hyper-parameters may not have any
+        self.more_towers = nn.ModuleList(Conv4() for _ in range(self.towers - 1))
         # The metric's whitening (d, d) of lab.metric, set from a checkpoint; not a weight, so not in the state dict.
         self.register_buffer("whitening", None, persistent=False)
 
     @property
     def embedding_dim(self) -> int:
-        return self.encoder.hidden * self.hparams.towers  # a 28x28 image leaves the fourth block as 1x1
+        return self.encoder.hidden * self.towers  # a 28x28 image leaves the fourth block as 1x1
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(..., n, 1, H, W)`` -> embeddings ``(..., n, d)``: with several towers, theirs joined and
@@ -54,7 +55,7 @@ class ProtoNet(MetaLearner):
         if not len(self.more_towers):
             return self.encoder(flat).reshape(*lead, -1)
         z = torch.cat([self.encoder(flat), *(tower(flat) for tower in self.more_towers)], -1)
-        return (z / math.sqrt(self.hparams.towers)).reshape(*lead, -1)
+        return (z / math.sqrt(self.towers)).reshape(*lead, -1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(..., n, 1, H, W)`` -> the vectors a new task's distances are measured between
