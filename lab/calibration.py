@@ -183,11 +183,8 @@ def episode_logits(model, episodes, device="cpu") -> tuple[torch.Tensor, torch.T
 
 def checkpoint_file(source: str | os.PathLike) -> Path:
     """The checkpoint file a model name stands for: a run folder's ``best.pt`` (else ``last.pt``), a file,
-    or a name :func:`lab.runs.resolve_source` knows (``default``, ``zoo:NAME``)."""
-    path = runs.resolve_source(source)
-    if path.is_dir():
-        best = path / "best.pt"
-        path = best if best.exists() else path / "last.pt"
+    or a name :func:`lab.runs.resolve_source` knows (``default``, ``zoo:NAME``); one that is missing raises."""
+    path = runs.checkpoint_path(source)
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}")
     return path
