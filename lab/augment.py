@@ -35,6 +35,30 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
 
 
+def affine(x: torch.Tensor, angle: torch.Tensor, shear: torch.Tensor, scale: torch.Tensor,
+           shift: torch.Tensor) -> torch.Tensor:
+    """Images ``(n, 1, H, W)`` each rotated by ``angle`` and sheared by ``shear`` (radians, ``(n,)``), scaled by
+    ``scale`` ``(n,)`` and shifted by ``shift`` ``(n, 2)`` (grid coordinates: the image spans 2 per side)."""
+    n = x.shape[0]
+    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
+    # Output -> input coordinates: the inverse of scaling, shearing and rotating the drawing.
+    theta = torch.stack([torch.stack([cos, -sin + cos * tan, shift[:, 0]], 1),
+                         torch.stack([sin, cos + sin * tan, shift[:, 1]], 1)], 1) / scale.view(n, 1, 1)
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def thicker(x: torch.Tensor) -> torch.Tensor:
+    """Bright strokes on dark, drawn thicker: a dimmer one-pixel halo around them."""
+    return torch.maximum(x, 0.7 * F.max_pool2d(x, 3, 1, 1))
+
+
+def thinner(x: torch.Tensor) -> torch.Tensor:
+    """Bright strokes on dark, drawn thinner: the faint edges fade, the core stays."""
+    return ((x - 0.35) / 0.65).clamp(min=0)
+
+
 def augment_images(x: torch.Tensor, generator: torch.Generator, ranges: AffineRanges = RANGES) -> torch.Tensor:
     """Images ``(n, 1, H, W)`` in [0, 1], bright ink on dark -> the same images, each changed at random."""
     n = x.shape[0]
@@ -43,19 +67,10 @@ def augment_images(x: torch.Tensor, generator: torch.Generator, ranges: AffineRa
     scale = 1 + u() * ranges.scale
     shift = torch.stack([u(), u()], 1) * 2 * ranges.shift  # grid coordinates span 2 per side
     thick = torch.rand(n, generator=generator)
-    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
-    # Output -> input coordinates: the inverse of scaling, shearing and rotating the drawing.
-    theta = torch.stack([torch.stack([cos, -sin + cos * tan, shift[:, 0]], 1),
-                         torch.stack([sin, cos + sin * tan, shift[:, 1]], 1)], 1) / scale.view(n, 1, 1)
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    thicker = (thick < ranges.thickness / 2).to(x.device).view(n, 1, 1, 1)
-    thinner = ((thick >= ranges.thickness / 2) & (thick < ranges.thickness)).to(x.device).view(n, 1, 1, 1)
-    # A thicker stroke: a dimmer one-pixel halo; a thinner one: the faint edges fade, the core stays.
-    dilated = torch.maximum(out, 0.7 * F.max_pool2d(out, 3, 1, 1))
-    eroded = ((out - 0.35) / 0.65).clamp(min=0)
-    return torch.where(thicker, dilated, torch.where(thinner, eroded, out)).clamp_(0, 1)
+    out = affine(x, angle, shear, scale, shift)
+    is_thicker = (thick < ranges.thickness / 2).to(x.device).view(n, 1, 1, 1)
+    is_thinner = ((thick >= ranges.thickness / 2) & (thick < ranges.thickness)).to(x.device).view(n, 1, 1, 1)
+    return torch.where(is_thicker, thicker(out), torch.where(is_thinner, thinner(out), out)).clamp_(0, 1)
 
 
 def augment_episode(batch: Episode, generator: torch.Generator) -> Episode:

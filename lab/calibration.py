@@ -32,7 +32,8 @@ from lab.device import pick_device
 from lab.episodes import check_request, episode_stream
 from lab.evaluation import mean_ci95, meta_test_pool
 from lab.metric import check_metric
-from lab.metric_fit import METRIC_EPISODES, fit_metric
+from lab.views import check_views
+from lab.metric_fit import fit_metric_and_views
 from lab.rate_fit import fit_rate_scales
 
 ECE_BINS = 15
@@ -204,7 +205,8 @@ def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int =
     model meets a new task is fitted first on the same split, and the temperature is that of the model
     so adapting: a learner that adapts by gradient steps has its rate per task shape fitted
     (:func:`lab.rate_fit.fit_rate_scales`, returned as ``"rate_scales"`` and ``"rate_fit"``), a
-    Prototypical Network its metric (:func:`lab.metric_fit.fit_metric`, ``"metric"`` and ``"metric_fit"``);
+    Prototypical Network its metric and then its test-time views (:func:`lab.metric_fit.fit_metric` and
+    :func:`lab.metric_fit.fit_views`, ``"metric"``, ``"metric_fit"``, ``"views"`` and ``"views_fit"``);
     either is set on ``model``.
     """
     episodes = episodes or CALIBRATION_EPISODES
@@ -214,9 +216,8 @@ def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int =
     check_request(pool, n_way, k_shot, n_query)
     fitted_rates = fit_rate_scales(model, pool, n_query=n_query, episodes=rate_episodes, device=device) \
         if adaptation and adapts_by_rate(model) else None
-    fitted_metric = fit_metric(model, dataset.pool("train"), pool, n_query=n_query,
-                               episodes=metric_episodes or METRIC_EPISODES, device=device) \
-        if adaptation and hasattr(model, "whitening") else None
+    metric_part = fit_metric_and_views(model, dataset.pool("train"), pool, n_query, metric_episodes, device) \
+        if adaptation and hasattr(model, "whitening") else {}
     stream = episode_stream(pool, n_way, k_shot, n_query, episodes, seed)
     if config.augment:  # a model trained for drawings that vary is calibrated on drawings that vary so
         stream = [augment_episode(ep, step_generator(seed, i)) for i, ep in enumerate(stream)]
@@ -225,7 +226,6 @@ def fit_on_validation(model, config, n_way: int = CALIBRATION_WAY, k_shot: int =
     doubt = fit_doubt(logits, labels, temperature)
     rate_part = {} if fitted_rates is None else {
         "rate_scales": fitted_rates["rate_scales"], "rate_fit": {k: v for k, v in fitted_rates.items() if k != "rate_scales"}}
-    metric_part = {} if fitted_metric is None else {"metric": fitted_metric["metric"], "metric_fit": fitted_metric["fit"]}
     return rate_part | metric_part | {
         "temperature": temperature,
         "doubt": asdict(doubt),
@@ -250,8 +250,12 @@ def write_calibration(path: str | os.PathLike, calibration: dict, out: str | os.
         checkpoint.pop("metric", None)
         if (metric := calibration["metric"]) is not None:
             checkpoint["metric"] = check_metric(metric, len(metric.get("whitening", ())), "the calibration")
+    if "views" in calibration:  # none fitted: an older set goes
+        checkpoint.pop("views", None)
+        if views := check_views(calibration["views"], "the calibration"):
+            checkpoint["views"] = list(views)
     checkpoint["calibration"] = {k: v for k, v in calibration.items()
-                                 if k not in ("temperature", "doubt", "rate_scales", "metric")}
+                                 if k not in ("temperature", "doubt", "rate_scales", "metric", "views")}
     out = Path(out or path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -277,8 +281,8 @@ def calibrate(source, *, episodes: int = CALIBRATION_EPISODES, n_way: int = CALI
     """Fit the temperature and doubt rule of a run (or checkpoint) on its validation split and write them
     into its checkpoint (or into a copy at ``out``); a learner that adapts by gradient steps first has its
     adaptation rates fitted (``rate_episodes`` per shape and factor), a Prototypical Network its metric
-    (``metric_episodes`` per shape). Returns what :func:`fit_on_validation` does, with the file written
-    (and the metric by its shrinkage alone)."""
+    (``metric_episodes`` per shape) and test-time views. Returns what :func:`fit_on_validation` does, with
+    the file written (and the metric by its shrinkage alone)."""
     path = checkpoint_file(source)
     torch_device = pick_device(device)
     config, model = runs.load_model(path, device=torch_device)

@@ -27,6 +27,7 @@ from lab.adaptation import adapts_by_rate, check_rate_scales
 from lab.algorithms import build
 from lab.config import TrainConfig
 from lab.metric import check_metric
+from lab.views import check_views
 
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -270,6 +271,8 @@ def load_model(source: str | os.PathLike, which: str = "best", device="cpu"):
         model.rate_scales = check_rate_scales(checkpoint["rate_scales"], f"the checkpoint {path}")
     if "metric" in checkpoint and hasattr(model, "whitening"):
         model.whitening = check_metric(checkpoint["metric"], model.embedding_dim, f"the checkpoint {path}")["whitening"]
+    if "views" in checkpoint and hasattr(model, "views"):
+        model.views = check_views(checkpoint["views"], f"the checkpoint {path}")
     return config, model.to(device).eval()
 
 
@@ -319,7 +322,8 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, which: str =
         "best_val": checkpoint.get("best_val"),
         "exported_from": path.parent.name + "/" + path.name,
     }
-    payload |= {k: checkpoint[k] for k in ("temperature", "doubt", "calibration", "rate_scales", "metric") if k in checkpoint}
+    payload |= {k: checkpoint[k] for k in ("temperature", "doubt", "calibration", "rate_scales", "metric", "views")
+                if k in checkpoint}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

@@ -83,7 +83,7 @@ def test_only_agreeing_protonets_join_and_a_refusal_writes_nothing(members, tmp_
 
 
 def test_the_ensemble_command_joins_and_the_joined_model_calibrates_like_any(members, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("lab.calibration.METRIC_EPISODES", 20)
+    monkeypatch.setattr("lab.metric_fit.METRIC_EPISODES", 20)
     out = tmp_path / "pair.pt"
     assert main(["ensemble", str(members["a"]), str(members["b"]), "--out", str(out)]) == 0
     assert "2 towers from 2 models" in capsys.readouterr().out

@@ -160,7 +160,7 @@ def test_a_stored_metric_is_loaded_exported_and_used_and_a_damaged_one_is_refuse
 
 
 def test_the_calibrate_command_says_which_metric_it_chose(tiny_run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("lab.calibration.METRIC_EPISODES", 20)
+    monkeypatch.setattr("lab.metric_fit.METRIC_EPISODES", 20)
     assert main(["calibrate", str(tiny_run), "--out", str(tmp_path / "c.pt"), "--episodes", "5",
                  "--device", "cpu"]) == 0
     out = capsys.readouterr().out

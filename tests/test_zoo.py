@@ -33,7 +33,7 @@ def tiny_zoo(tmp_path, monkeypatch):
     recipes.write_text(json.dumps({"tiny": TINY}))
     monkeypatch.setattr(zoo, "RECIPES_FILE", recipes)
     monkeypatch.setenv("LAB_ZOO_DIR", str(tmp_path / "zoo"))
-    monkeypatch.setattr("lab.calibration.METRIC_EPISODES", 20)  # a tiny model's metric, on fewer episodes
+    monkeypatch.setattr("lab.metric_fit.METRIC_EPISODES", 20)  # a tiny model's metric, on fewer episodes
     return tmp_path
 
 
@@ -322,7 +322,7 @@ def test_a_joined_recipe_ships_its_members_as_one_model_only_when_it_validates_a
     recipes.write_text(json.dumps({"tiny": TINY, "tiny-seed1": seeded, "pair": pair}))
     monkeypatch.setattr(zoo, "RECIPES_FILE", recipes)
     monkeypatch.setenv("LAB_ZOO_DIR", str(tmp_path / "zoo"))
-    monkeypatch.setattr("lab.calibration.METRIC_EPISODES", 20)
+    monkeypatch.setattr("lab.metric_fit.METRIC_EPISODES", 20)
     assert zoo.recipe("pair").config.hparams["towers"] == 2 and zoo.recipe("pair").config.seed == 0
     with pytest.raises(ValueError, match="zoo:pair is not trained: it joins tiny, tiny-seed1"):
         list(zoo.train("pair", runs_dir=tmp_path / "runs"))
@@ -348,6 +348,7 @@ def test_a_joined_recipe_ships_its_members_as_one_model_only_when_it_validates_a
                                          r".* from zoo:tiny.* alone, not beyond the interval"):
         zoo_join.train_joined("pair", episodes=20)
     assert not zoo.model_path("pair").exists() and not list((tmp_path / "zoo").glob(".*"))
+    assert "| pair | 5w1s | – | not shipped ✗ |" in zoo_verify.markdown_table(zoo_verify.recorded_rows(["pair"]))
     monkeypatch.setattr(zoo_join, "meta_test", joined_scores(1.0))
     manifest = zoo_join.train_joined("pair", episodes=20)
     assert manifest == zoo.check_model("pair")

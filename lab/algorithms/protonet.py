@@ -2,7 +2,8 @@
 
 Each class is represented by the mean of its support embeddings (its prototype); a query is
 classified by a softmax over negative squared Euclidean distances to the prototypes. On a new task the
-distances can be measured in a metric fitted after meta-training (:mod:`lab.metric`).
+distances can be measured in a metric fitted after meta-training (:mod:`lab.metric`), between
+embeddings averaged over test-time views of each image (:mod:`lab.views`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lab.algorithms.base import MetaLearner, Predictor, StepOutput, input_grad, 
 from lab.episodes import Episode
 from lab.fields import check_fields, number
 from lab.models import Conv4, proto_logits, prototypes  # noqa: F401  (the metric of this module)
+from lab.views import with_views
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class ProtoNet(MetaLearner):
         self.more_towers = nn.ModuleList(Conv4() for _ in range(self.towers - 1))
         # The metric's whitening (d, d) of lab.metric, set from a checkpoint; not a weight, so not in the state dict.
         self.register_buffer("whitening", None, persistent=False)
+        self.views: tuple[str, ...] = ()  # test-time views of lab.views, set from a checkpoint
 
     @property
     def embedding_dim(self) -> int:
@@ -59,8 +62,12 @@ class ProtoNet(MetaLearner):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(..., n, 1, H, W)`` -> the vectors a new task's distances are measured between
-        ``(..., n, d)``: the embeddings, whitened when the model has a fitted metric."""
-        z = self.embed(x)
+        ``(..., n, d)``: the embeddings (averaged with their test-time views' when the model has some),
+        whitened when the model has a fitted metric."""
+        return self.whitened(self.embed(with_views(x, self.views)).mean(0) if self.views else self.embed(x))
+
+    def whitened(self, z: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(..., d)`` in the model's metric: whitened when it has a fitted one."""
         return z if self.whitening is None else z @ self.whitening
 
     def outer_loss(self, batch: Episode) -> StepOutput:

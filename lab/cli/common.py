@@ -39,3 +39,12 @@ def describe_metric(fit: dict) -> str:
         return f"metric: plain distance ({100 * score['plain']:.2f}% on validation; no shrinkage did better)"
     return (f"metric: whitened by meta-training's covariance, shrinkage {fit['shrinkage']:g} "
             f"({100 * score[str(fit['shrinkage'])]:.2f}% on validation against {100 * score['plain']:.2f}% plain)")
+
+
+def describe_views(fit: dict) -> str:
+    """One line on the test-time views :func:`lab.metric_fit.fit_views` chose, with their validation score."""
+    score = fit["score"]
+    if fit["set"] == "none":
+        return f"test-time views: none ({100 * score['none']:.2f}% on validation; no set of views did better)"
+    return (f"test-time views: {fit['set']} ({100 * score[fit['set']]:.2f}% on validation against "
+            f"{100 * score['none']:.2f}% without)")

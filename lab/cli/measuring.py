@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from lab import runs
-from lab.cli.common import describe_metric, print_json
+from lab.cli.common import describe_metric, describe_views, print_json
 
 
 def cmd_eval(args) -> int:
@@ -184,6 +184,8 @@ def cmd_calibrate(args) -> int:
                   + ", ".join(f"{k} x{v:g}" for k, v in result["rate_scales"].items()))
         if "metric_fit" in result:
             print(describe_metric(result["metric_fit"]))
+        if "views_fit" in result:
+            print(describe_views(result["views_fit"]))
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from lab.cli.common import describe_metric, print_json, progress_bar
+from lab.cli.common import describe_metric, describe_views, print_json, progress_bar
 
 
 def cmd_zoo(args) -> int:
@@ -66,6 +66,8 @@ def cmd_zoo(args) -> int:
               + "; its measurements await zoo verify --record", file=sys.stderr)
         if "metric_fit" in c:
             print(describe_metric(c["metric_fit"]), file=sys.stderr)
+        if "views_fit" in c:
+            print(describe_views(c["views_fit"]), file=sys.stderr)
         return 0
     if args.action == "table":  # what the last verify --record measured, without measuring again
         rows = zoo_verify.recorded_rows([args.name] if args.name else None)
