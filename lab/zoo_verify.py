@@ -170,7 +170,8 @@ def markdown_table(rows: list[dict]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         m = read_manifest(r["model"]) or {}
-        missing = "not verified yet" if "not verified" in r.get("error", "") else "not trained yet"
+        missing = ("not verified yet" if "not verified" in r.get("error", "")
+                   else "not shipped" if recipe(r["model"]).join else "not trained yet")
         if r["value"] is None:
             value = missing
         elif r["task"] in (ARI_TASK, "cluster_ari"):
