@@ -124,7 +124,7 @@ def tiny_run(tmp_path_factory):
 
 def test_calibrating_a_run_writes_its_temperature_into_the_checkpoint_and_keeps_every_other_key(tiny_run):
     before = runs.load_checkpoint(tiny_run / "best.pt")
-    result = calibrate(tiny_run, episodes=10, n_way=10, k_shot=5, device="cpu")
+    result = calibrate(tiny_run, episodes=10, n_way=10, k_shot=5, device="cpu", metric_episodes=20)
     after = runs.load_checkpoint(tiny_run / "best.pt")
     assert after["temperature"] == pytest.approx(result["temperature"]) and result["temperature"] > 0
     assert set(before) <= set(after)

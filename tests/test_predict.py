@@ -388,10 +388,11 @@ def test_eval_with_calibration_reports_the_ece_before_and_after_the_checkpoints_
     assert c["nll_after"] > c["nll_before"]
 
 
-def test_calibrate_writes_a_calibrated_copy_and_leaves_the_run_as_it_was(tmp_path, capsys):
+def test_calibrate_writes_a_calibrated_copy_and_leaves_the_run_as_it_was(tmp_path, capsys, monkeypatch):
     from lab.config import TrainConfig
     from lab.training import train
 
+    monkeypatch.setattr("lab.metric_fit.METRIC_EPISODES", 20)  # a tiny model's metric and views, on fewer episodes
     config = TrainConfig(dataset="digits", n_query=5, steps=3, val_every=3, val_episodes=5)
     run_dir = runs.create_run(tmp_path, config, "tiny")
     for _ in train(config, run_dir):

@@ -34,6 +34,8 @@ def tiny_zoo(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "RECIPES_FILE", recipes)
     monkeypatch.setenv("LAB_ZOO_DIR", str(tmp_path / "zoo"))
     monkeypatch.setattr("lab.metric_fit.METRIC_EPISODES", 20)  # a tiny model's metric, on fewer episodes
+    monkeypatch.setattr("lab.metric_fit.VIEW_EPISODES", 5)  # its views
+    monkeypatch.setattr("lab.calibration.CALIBRATION_EPISODES", 20)  # and its temperature
     return tmp_path
 
 
@@ -323,12 +325,14 @@ def test_a_joined_recipe_ships_its_members_as_one_model_only_when_it_validates_a
     monkeypatch.setattr(zoo, "RECIPES_FILE", recipes)
     monkeypatch.setenv("LAB_ZOO_DIR", str(tmp_path / "zoo"))
     monkeypatch.setattr("lab.metric_fit.METRIC_EPISODES", 20)
+    monkeypatch.setattr("lab.metric_fit.VIEW_EPISODES", 5)
+    monkeypatch.setattr("lab.calibration.CALIBRATION_EPISODES", 20)
     assert zoo.recipe("pair").config.hparams["towers"] == 2 and zoo.recipe("pair").config.seed == 0
     with pytest.raises(ValueError, match="zoo:pair is not trained: it joins tiny, tiny-seed1"):
         list(zoo.train("pair", runs_dir=tmp_path / "runs"))
     list(zoo.train("tiny", runs_dir=tmp_path / "runs", steps=3))
     with pytest.raises(ValueError, match=r"zoo:tiny-seed1 is not shipped yet"):
-        zoo_join.train_joined("pair", episodes=20)
+        zoo_join.train_joined("pair", episodes=8)
     list(zoo.train("tiny-seed1", runs_dir=tmp_path / "runs", steps=3))
 
     # The validation runs for real, on the same episodes for every model; setting the joined model's
@@ -346,11 +350,11 @@ def test_a_joined_recipe_ships_its_members_as_one_model_only_when_it_validates_a
     monkeypatch.setattr(zoo_join, "meta_test", joined_scores(0.0))
     with pytest.raises(ValueError, match=r"zoo:pair: the joined model is not shipped: joined, the models answer 0.00% "
                                          r".* from zoo:tiny.* alone, not beyond the interval"):
-        zoo_join.train_joined("pair", episodes=20)
+        zoo_join.train_joined("pair", episodes=8)
     assert not zoo.model_path("pair").exists() and not list((tmp_path / "zoo").glob(".*"))
     assert "| pair | 5w1s | – | not shipped ✗ |" in zoo_verify.markdown_table(zoo_verify.recorded_rows(["pair"]))
     monkeypatch.setattr(zoo_join, "meta_test", joined_scores(1.0))
-    manifest = zoo_join.train_joined("pair", episodes=20)
+    manifest = zoo_join.train_joined("pair", episodes=8)
     assert manifest == zoo.check_model("pair")
     assert [m["name"] for m in manifest["members"]] == ["tiny", "tiny-seed1"]
     assert manifest["val_accuracy"] == 1.0 and manifest["val_gain"]["difference"] > manifest["val_gain"]["ci95"]
