@@ -32,9 +32,9 @@ from lab.device import pick_device
 from lab.episodes import check_request, episode_stream
 from lab.evaluation import mean_ci95, meta_test_pool
 from lab.metric import check_metric
-from lab.views import check_views
 from lab.metric_fit import fit_metric_and_views
 from lab.rate_fit import fit_rate_scales
+from lab.views import check_views
 
 ECE_BINS = 15
 FALSE_ALARMS = 0.02  # the share of meta-validation queries the doubt rule may call unsure on distance alone

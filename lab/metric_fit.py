@@ -17,7 +17,7 @@ from lab.views import VIEW_SETS, with_views
 SHRINKAGES = (None, 100.0, 30.0, 10.0, 3.0, 1.0, 0.3)  # None: plain distance; then ever further from it
 METRIC_EPISODES = 300  # per task shape; each is scored under every shrinkage
 COVARIANCE_IMAGES = 5  # per meta-training class
-VIEW_EPISODES = 150  # per task shape; each is scored under every set of views, which costs 11 embeddings an image
+VIEW_EPISODES = 150  # per task shape; each is scored under every set of views, at one embedding an image per view
 
 
 def embedding_covariance(model, pool, per_class: int = COVARIANCE_IMAGES, device="cpu",
@@ -70,7 +70,6 @@ def fit_metric(model, train_pool, val_pool, shapes=FIT_SHAPES, shrinkages=SHRINK
            "episodes": episodes, "seed": seed, "covariance_from": f"{train_pool.name}, {COVARIANCE_IMAGES} images a class"}
     metric = None if candidates[best] is None else {"whitening": candidates[best].cpu(), "shrinkage": shrinkages[best]}
     return {"metric": metric, "fit": fit}
-
 
 
 def fit_views(model, val_pool, shapes=FIT_SHAPES, sets=VIEW_SETS, n_query: int = 15, episodes: int = VIEW_EPISODES,

@@ -159,9 +159,11 @@ def test_a_stored_metric_is_loaded_exported_and_used_and_a_damaged_one_is_refuse
         runs.load_model(tmp_path / "bad.pt")
 
 
-def test_the_calibrate_command_says_which_metric_it_chose(tiny_run, tmp_path, capsys, monkeypatch):
+def test_the_calibrate_command_says_which_metric_and_views_it_chose(tiny_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("lab.metric_fit.METRIC_EPISODES", 20)
     assert main(["calibrate", str(tiny_run), "--out", str(tmp_path / "c.pt"), "--episodes", "5",
                  "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert "metric: " in out and "on validation" in out
+    lines = capsys.readouterr().out.splitlines()
+    metric = next(line for line in lines if line.startswith("metric: "))
+    views = next(line for line in lines if line.startswith("test-time views: "))
+    assert "on validation" in metric and "on validation" in views

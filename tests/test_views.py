@@ -10,7 +10,6 @@ from conftest import train_tiny
 from lab import runs
 from lab.algorithms import build
 from lab.calibration import calibrate
-from lab.cli import main
 from lab.config import TrainConfig
 from lab.data import load_dataset
 from lab.episodes import episode_stream
@@ -153,10 +152,3 @@ def test_stored_views_are_loaded_exported_and_used_and_damaged_ones_are_refused(
     with pytest.raises(ValueError, match=r"bad.pt names test-time views the lab does not know: 'sideways'"):
         runs.load_model(tmp_path / "bad.pt")
 
-
-def test_the_calibrate_command_says_which_views_it_chose(tiny_run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("lab.metric_fit.METRIC_EPISODES", 20)
-    assert main(["calibrate", str(tiny_run), "--out", str(tmp_path / "c.pt"), "--episodes", "5",
-                 "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert "test-time views: " in out and "on validation" in out
