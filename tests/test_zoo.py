@@ -314,19 +314,14 @@ def test_default_names_the_zoo_drawing_model_once_it_is_shipped_and_the_assets_m
 
 
 def test_a_joined_recipe_ships_its_members_as_one_model_only_when_it_validates_as_well_as_the_best(
-        tmp_path, monkeypatch):
+        tiny_zoo, monkeypatch):
     from lab import zoo_join
 
+    tmp_path = tiny_zoo
     seeded = {**TINY, "config": {**TINY["config"], "seed": 1}}
     pair = {"summary": "tiny and tiny-seed1 joined", "paper": "test", "join": ["tiny", "tiny-seed1"],
             "published": {}, "floors": {"5w1s": 0.0}, "tasks": ["5w1s"]}
-    recipes = tmp_path / "recipes.json"
-    recipes.write_text(json.dumps({"tiny": TINY, "tiny-seed1": seeded, "pair": pair}))
-    monkeypatch.setattr(zoo, "RECIPES_FILE", recipes)
-    monkeypatch.setenv("LAB_ZOO_DIR", str(tmp_path / "zoo"))
-    monkeypatch.setattr("lab.metric_fit.METRIC_EPISODES", 20)
-    monkeypatch.setattr("lab.metric_fit.VIEW_EPISODES", 5)
-    monkeypatch.setattr("lab.calibration.CALIBRATION_EPISODES", 20)
+    (tiny_zoo / "recipes.json").write_text(json.dumps({"tiny": TINY, "tiny-seed1": seeded, "pair": pair}))
     assert zoo.recipe("pair").config.hparams["towers"] == 2 and zoo.recipe("pair").config.seed == 0
     with pytest.raises(ValueError, match="zoo:pair is not trained: it joins tiny, tiny-seed1"):
         list(zoo.train("pair", runs_dir=tmp_path / "runs"))
